@@ -98,6 +98,15 @@ class Reason(StrEnum):
     # why spawning is held back
     MAX_ACTIVE_REACHED = "max_active_reached"
     RAMP_LIMIT = "ramp_limit"
+    # a reason read back from the database that this version does not know
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, raw: str | None) -> Reason:
+        try:
+            return cls(raw or "")
+        except ValueError:
+            return cls.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class WorkerView:
     last_task_finished_at: datetime | None
     tasks_completed: int = 0
     pod_id: str | None = None
+    termination_reason: Reason | None = None
 
     @property
     def pod_released(self) -> bool:
@@ -152,7 +162,8 @@ class Snapshot:
     """Everything one cycle needs, read in one database call."""
 
     now: datetime  # the database server's clock
-    workers: tuple[WorkerView, ...]  # live rows plus `error` rows whose pod is not yet released
+    # live and `external` rows, plus `error` rows whose pod is not yet released
+    workers: tuple[WorkerView, ...]
     holds: tuple[TaskHold, ...]  # every `In Progress` task
     queue: QueueStats
 

@@ -250,10 +250,12 @@ language sql stable as $$
                 'drain_requested_at', w.drain_requested_at,
                 'terminated_at', w.terminated_at,
                 'last_task_finished_at', w.last_task_finished_at,
-                'tasks_completed', w.tasks_completed, 'pod_id', w.pod_id))
+                'tasks_completed', w.tasks_completed, 'pod_id', w.pod_id,
+                'termination_reason', w.termination_reason))
             from workers w
             where w.terminated_at is null
-              and w.status in ('spawning', 'active', 'terminating', 'error')), '[]'::json),
+              and w.status in ('spawning', 'active', 'terminating', 'error', 'external')),
+            '[]'::json),
         'holds', coalesce((
             select json_agg(json_build_object(
                 'task_id', t.id, 'worker_id', t.worker_id,

@@ -1,0 +1,159 @@
+"""The `gpu-orchestrator` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from .config import Settings, load_settings
+from .errors import OrchestratorError, SettingsError
+from .logs import configure_logging
+
+app = typer.Typer(
+    help="Keeps a fleet of GPU workers sized to a Postgres task queue.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+T = TypeVar("T")
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@app.command()
+def run() -> None:
+    """Run the orchestrator loop every ORCHESTRATOR_POLL_SEC until SIGTERM/SIGINT."""
+    settings = _settings()
+
+    async def main() -> None:
+        from .runtime import open_runtime
+        from .signals import stop_on_signals
+
+        stop = stop_on_signals()
+        runtime = await open_runtime(settings)
+        try:
+            await runtime.orchestrator.run_forever(stop, settings.orchestrator_poll_sec)
+        finally:
+            await runtime.aclose()
+
+    _run(main())
+
+
+@app.command()
+def once() -> None:
+    """Run one cycle and print its summary as JSON (exit 1 if the store could not
+    be read)."""
+    settings = _settings()
+
+    async def main() -> int:
+        from .runtime import open_runtime
+
+        runtime = await open_runtime(settings)
+        try:
+            report = await runtime.orchestrator.run_cycle()
+        finally:
+            await runtime.aclose()
+        typer.echo(json.dumps(report.as_dict(), indent=2, default=str))
+        return 1 if report.outcome == "retry" else 0
+
+    raise typer.Exit(_run(main()))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending database migrations (idempotent, safe to run concurrently)."""
+    settings = _settings()
+
+    async def main() -> list[str]:
+        from .runtime import migrate as apply, resolve_dsn
+
+        return await apply(await resolve_dsn(settings))
+
+    applied = _run(main())
+    typer.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings, secrets redacted."""
+    typer.echo(json.dumps(_settings().redacted(), indent=2, default=str))
+
+
+@app.command()
+def enqueue(
+    count: int = typer.Option(1, min=1, max=100_000, help="How many tasks to add."),
+    task_type: str = typer.Option("demo", help="The tasks' task_type."),
+    params: str = typer.Option("{}", help="The tasks' params, a JSON object."),
+) -> None:
+    """Add tasks to the queue (for trials and tests)."""
+    try:
+        parsed = json.loads(params)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--params is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("--params must be a JSON object")
+    settings = _settings()
+
+    async def main() -> int:
+        from .runtime import migrate as apply, resolve_dsn
+        from .store.postgres import PostgresStore
+
+        dsn = await resolve_dsn(settings)
+        await apply(dsn)
+        store = await PostgresStore.connect(dsn, max_size=1)
+        try:
+            return await store.enqueue_tasks([{"task_type": task_type, "params": parsed}] * count)
+        finally:
+            await store.close()
+
+    typer.echo(f"enqueued {_run(main())} task(s)")
+
+
+@app.command()
+def worker() -> None:
+    """Run the worker agent (inside a pod): heartbeat, claim, run, report.
+    Configured by WORKER_ID, DATABASE_URL and the WORKER_* variables."""
+    settings = _settings()
+    from .worker.agent import run_worker
+
+    raise typer.Exit(_run(run_worker(settings)))
+
+
+@app.command()
+def demo(
+    tasks: int = typer.Option(40, min=1, max=1000, help="Demo tasks to enqueue."),
+    max_gpus: int = typer.Option(4, min=1, max=16, help="MAX_ACTIVE_GPUS for the demo."),
+    data_dir: Path | None = typer.Option(None, help="Where the embedded Postgres lives."),
+) -> None:
+    """Spawn local workers for a batch of demo tasks on an embedded Postgres, watch
+    them drain the queue, then scale back down. Never touches DATABASE_URL."""
+    settings = _settings()
+    from .demo import run_demo
+
+    raise typer.Exit(_run(run_demo(settings, tasks=tasks, max_gpus=max_gpus, data_dir=data_dir)))
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as exc:
+        print(f"gpu-orchestrator: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OrchestratorError as exc:
+        print(f"gpu-orchestrator: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,174 @@
+"""Settings from environment variables (seed names kept), validated at start.
+
+A bad value is reported as one line naming the variable, the value and what is
+accepted (`SettingsError`); the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import SettingsError
+from .models import PolicyConfig
+
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveSec = Annotated[float, Field(gt=0)]
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "gpu-orchestrator"
+
+
+class Settings(BaseSettings):
+    """Every environment variable the orchestrator and its worker agent read."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # state store
+    database_url: SecretStr | None = None
+    orchestrator_data_dir: Path = Field(default_factory=_default_data_dir)
+
+    # provider
+    orchestrator_provider: Literal["local", "runpod"] | None = None
+    runpod_api_key: SecretStr | None = None
+    worker_name_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")] = "gpu"
+
+    # scaling
+    min_active_gpus: NonNegInt = 0
+    max_active_gpus: NonNegInt = 4
+    tasks_per_gpu_threshold: Annotated[int, Field(ge=1)] = 3
+    machines_to_keep_idle: NonNegInt = 0
+    gpu_overcapacity_idle_timeout_sec: Annotated[float, Field(ge=0)] = 300
+    min_worker_lifetime_sec: Annotated[float, Field(ge=0)] = 300
+    max_spawns_per_cycle: Annotated[int, Field(ge=1)] = 4
+
+    # health
+    spawning_timeout_sec: PositiveSec = 600
+    gpu_idle_timeout_sec: PositiveSec = 300
+    task_stuck_timeout_sec: PositiveSec = 3600
+    graceful_shutdown_timeout_sec: PositiveSec = 600
+    max_task_attempts: Annotated[int, Field(ge=1)] = 3
+
+    # breaker (DESIGN §5; read by the breaker policy)
+    max_worker_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.8
+    failure_window_minutes: PositiveSec = 30
+    min_workers_for_rate_check: Annotated[int, Field(ge=1)] = 5
+
+    # loop & ops
+    orchestrator_poll_sec: PositiveSec = 30
+    orchestrator_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    leader_lease_sec: PositiveSec = 90
+    cycle_timeout_sec: PositiveSec = 120
+    action_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # worker agent
+    worker_id: str | None = None
+    worker_heartbeat_sec: PositiveSec = 20
+    worker_poll_sec: PositiveSec = 2
+    worker_task_command: str | None = None
+    worker_health_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    worker_task_timeout_sec: PositiveSec = 3600
+    # extra pod environment, `KEY=VALUE,KEY=VALUE`
+    runpod_worker_env: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_worker_env(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in list(data):
+                if key.lower() == "runpod_worker_env" and isinstance(data[key], str):
+                    data[key] = _parse_pairs(data[key])
+        return data
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Settings:
+        if self.min_active_gpus > self.max_active_gpus:
+            raise ValueError(
+                f"MIN_ACTIVE_GPUS={self.min_active_gpus}: must be at most "
+                f"MAX_ACTIVE_GPUS ({self.max_active_gpus})"
+            )
+        return self
+
+    @property
+    def provider_name(self) -> str:
+        if self.orchestrator_provider is not None:
+            return self.orchestrator_provider
+        return "runpod" if self.runpod_api_key is not None else "local"
+
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig(
+            min_active_gpus=self.min_active_gpus,
+            max_active_gpus=self.max_active_gpus,
+            tasks_per_gpu_threshold=self.tasks_per_gpu_threshold,
+            machines_to_keep_idle=self.machines_to_keep_idle,
+            overcapacity_idle_timeout_sec=self.gpu_overcapacity_idle_timeout_sec,
+            min_worker_lifetime_sec=self.min_worker_lifetime_sec,
+            max_spawns_per_cycle=self.max_spawns_per_cycle,
+            spawning_timeout_sec=self.spawning_timeout_sec,
+            gpu_idle_timeout_sec=self.gpu_idle_timeout_sec,
+            task_stuck_timeout_sec=self.task_stuck_timeout_sec,
+            graceful_shutdown_timeout_sec=self.graceful_shutdown_timeout_sec,
+            max_task_attempts=self.max_task_attempts,
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings with every secret hidden (for `config` and logs)."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if name == "database_url" and value is not None:
+                out[name] = redact_dsn(value.get_secret_value())
+            elif isinstance(value, SecretStr):
+                out[name] = "**********"
+            elif name == "runpod_worker_env":
+                out[name] = {k: "**********" for k in value}
+            else:
+                out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _parse_pairs(raw: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"RUNPOD_WORKER_ENV={raw!r}: expected KEY=VALUE[,KEY=VALUE...]")
+        pairs[key.strip()] = value
+    return pairs
+
+
+def redact_dsn(dsn: str) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or "@" not in rest:
+        return dsn
+    creds, _, location = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{location}" if ":" in creds else dsn
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Reads the environment; raises `SettingsError` with one line per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err.get("loc", ()) if part]
+    if not loc:  # a model-level rule; its message already names the variables
+        return str(err.get("msg", "")).removeprefix("Value error, ")
+    var = loc[0].upper()
+    given = err.get("input")
+    accepted = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if "secret" in str(err.get("type", "")) or var.endswith(("_KEY", "_URL")):
+        given = "<hidden>"
+    return f"{var}={given!s}: {accepted}"

@@ -1,0 +1,151 @@
+"""The reconcile loop: lease → observe → decide → act → record, every poll.
+
+Level-triggered: each cycle re-reads the world, so nothing depends on what an
+earlier cycle (or an earlier process) remembered. A cycle that cannot read the
+store acts on nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .errors import OrchestratorError
+from .executor import ActionResult, Executor
+from .models import Plan, PolicyConfig, Snapshot
+from .policy import decide
+from .store.base import OrchestratorStore
+
+log = structlog.get_logger()
+
+LEASE_NAME = "orchestrator"
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle saw, decided and did; printed by `once`, logged by `run`."""
+
+    cycle_id: str
+    outcome: str  # ok | retry (could not observe or timed out) | skipped (not leader)
+    reason: str | None
+    duration_ms: float
+    snapshot: Snapshot | None = None
+    plan: Plan | None = None
+    results: tuple[ActionResult, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cycle_id": self.cycle_id,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "duration_ms": round(self.duration_ms, 1),
+        }
+        if self.snapshot is not None:
+            snap = self.snapshot
+            out["observed"] = {
+                "now": snap.now.isoformat(),
+                "workers": _count_by_status(snap),
+                "queued": snap.queue.queued,
+                "in_progress": len(snap.holds),
+            }
+        if self.plan is not None:
+            out["plan"] = {
+                "desired_workers": self.plan.desired_workers,
+                "capacity": self.plan.capacity,
+                "unmet_demand": self.plan.unmet_demand,
+                "held_back": [r.value for r in self.plan.held_back],
+            }
+            out["actions"] = [r.as_dict() for r in self.results]
+        return out
+
+
+def _count_by_status(snapshot: Snapshot) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for w in snapshot.workers:
+        counts[w.status.value] = counts.get(w.status.value, 0) + 1
+    return counts
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        store: OrchestratorStore,
+        executor: Executor,
+        policy: PolicyConfig,
+        *,
+        holder: str,
+        lease_sec: float,
+        cycle_timeout_sec: float,
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self._policy = policy
+        self._holder = holder
+        self._lease_sec = lease_sec
+        self._timeout = cycle_timeout_sec
+        self.last_tick: float | None = None  # monotonic time of the last finished cycle
+
+    async def run_cycle(self, stop: asyncio.Event | None = None) -> CycleReport:
+        """One cycle under a timeout; never raises for store or provider trouble."""
+        stop = stop or asyncio.Event()
+        cycle_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(cycle_id=cycle_id):
+            try:
+                report = await asyncio.wait_for(self._cycle(cycle_id, stop), self._timeout)
+            except TimeoutError:
+                report = CycleReport(cycle_id, "retry", "cycle_timeout", 0.0)
+            except OrchestratorError as exc:
+                report = CycleReport(cycle_id, "retry", f"{type(exc).__name__}: {exc}", 0.0)
+            duration = (time.perf_counter() - started) * 1000
+            report = CycleReport(
+                report.cycle_id, report.outcome, report.reason, duration,
+                report.snapshot, report.plan, report.results,
+            )
+            self.last_tick = time.monotonic()
+            _log_cycle(report)
+        return report
+
+    async def _cycle(self, cycle_id: str, stop: asyncio.Event) -> CycleReport:
+        lease = await self._store.acquire_lease(LEASE_NAME, self._holder, self._lease_sec)
+        if not lease.leader:
+            return CycleReport(cycle_id, "skipped", f"not_leader (held by {lease.holder})", 0.0)
+        snapshot = await self._store.observe()
+        plan = decide(snapshot, self._policy)
+        results = await self._executor.apply(plan, snapshot, stop)
+        return CycleReport(cycle_id, "ok", None, 0.0, snapshot, plan, tuple(results))
+
+    async def run_forever(
+        self,
+        stop: asyncio.Event,
+        poll_sec: float,
+        on_cycle: Callable[[CycleReport], None] | None = None,
+    ) -> None:
+        """Cycles every `poll_sec` until `stop` is set, then hands the lease back so
+        a successor can lead at once. Pods are left running."""
+        try:
+            while not stop.is_set():
+                report = await self.run_cycle(stop)
+                if on_cycle is not None:
+                    on_cycle(report)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll_sec)
+        finally:
+            with contextlib.suppress(OrchestratorError):
+                await self._store.release_lease(LEASE_NAME, self._holder)
+
+
+def _log_cycle(report: CycleReport) -> None:
+    summary = report.as_dict()
+    event = "cycle" if report.outcome == "ok" else f"cycle_{report.outcome}"
+    if report.outcome == "retry":
+        log.warning(event, **summary)
+    else:
+        log.info(event, **summary)

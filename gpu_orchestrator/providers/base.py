@@ -1,0 +1,57 @@
+"""The provider contract: launch, list and terminate pods that run the worker agent.
+
+A pod's name is its worker id, so a retried or crashed launch can be found again.
+Implementations translate their errors into `ProviderError` (or `CapacityError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..config import Settings
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    worker_id: str  # also the pod's name
+    env: Mapping[str, str] = field(repr=False)  # holds secrets: never logged
+
+
+@dataclass(frozen=True)
+class Pod:
+    pod_id: str
+    name: str
+    running: bool  # False: the process or machine has exited but is not yet removed
+    cost_per_hr: float | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    async def create_pod(self, spec: PodSpec) -> Pod: ...
+
+    async def list_pods(self) -> list[Pod]:
+        """Every pod this provider launched that is not yet terminated."""
+
+    async def terminate_pod(self, worker_id: str, pod_id: str | None) -> None:
+        """Idempotent: a pod already gone counts as terminated."""
+
+    async def aclose(self) -> None: ...
+
+
+def worker_environment(settings: Settings, dsn: str, worker_id: str) -> dict[str, str]:
+    """The environment a pod's worker agent starts with. Secrets go here only."""
+    env = dict(settings.runpod_worker_env)
+    env.update(
+        WORKER_ID=worker_id,
+        DATABASE_URL=dsn,
+        MAX_TASK_ATTEMPTS=str(settings.max_task_attempts),
+        WORKER_HEARTBEAT_SEC=str(settings.worker_heartbeat_sec),
+        WORKER_POLL_SEC=str(settings.worker_poll_sec),
+        LOG_FORMAT="json",
+    )
+    if settings.worker_task_command:
+        env["WORKER_TASK_COMMAND"] = settings.worker_task_command
+    return env

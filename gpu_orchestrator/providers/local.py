@@ -1,0 +1,144 @@
+"""Local provider: a "pod" is a detached subprocess running the worker agent.
+
+Each pod is recorded in `<data dir>/pods/<worker id>.json` (pid and process start
+time, which guards against pid reuse), so an orchestrator restarted later can still
+list and terminate pods an earlier run started. Worker settings travel in the
+environment, never in argv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..errors import ProviderError
+from .base import Pod, PodSpec
+
+_STOP_GRACE_SEC = 10.0
+
+
+def _start_time(pid: int) -> str | None:
+    """The process start time (clock ticks since boot), or None if it is gone.
+    Without /proc (macOS) liveness falls back to `kill(pid, 0)`."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _signal_zero(pid)
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # zombie: exited, waiting to be reaped
+        return None
+    return fields[19]
+
+
+def _signal_zero(pid: int) -> str | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return "?"
+    return "?"
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, data_dir: Path, python: str = sys.executable) -> None:
+        self._dir = data_dir / "pods"
+        self._python = python
+        # Our own children, kept so their exit is reaped (no zombies).
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    def _record_path(self, worker_id: str) -> Path:
+        return self._dir / f"{worker_id}.json"
+
+    def _read(self, worker_id: str) -> dict[str, object] | None:
+        try:
+            record = json.loads(self._record_path(worker_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _alive(self, record: dict[str, object]) -> bool:
+        pid = record.get("pid")
+        return isinstance(pid, int) and _start_time(pid) == record.get("started")
+
+    async def create_pod(self, spec: PodSpec) -> Pod:
+        if self._record_path(spec.worker_id).exists():
+            existing = await self._find(spec.worker_id)
+            if existing is not None:
+                return existing  # a retried launch: the pod already exists
+        self._dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(self._dir / f"{spec.worker_id}.log", "ab") as log:
+                proc = await asyncio.create_subprocess_exec(
+                    self._python, "-m", "gpu_orchestrator", "worker",
+                    env={**os.environ, **spec.env},
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,  # survives the orchestrator; own process group
+                )
+        except OSError as exc:
+            raise ProviderError(f"could not start local worker {spec.worker_id}: {exc}") from exc
+        self._children[spec.worker_id] = proc
+        record = {"pid": proc.pid, "started": _start_time(proc.pid), "name": spec.worker_id}
+        self._record_path(spec.worker_id).write_text(json.dumps(record))
+        return Pod(pod_id=spec.worker_id, name=spec.worker_id, running=True, cost_per_hr=0.0)
+
+    async def _find(self, worker_id: str) -> Pod | None:
+        record = self._read(worker_id)
+        if record is None:
+            return None
+        return Pod(pod_id=worker_id, name=worker_id, running=self._alive(record), cost_per_hr=0.0)
+
+    async def list_pods(self) -> list[Pod]:
+        if not self._dir.is_dir():
+            return []
+        pods = [await self._find(p.stem) for p in sorted(self._dir.glob("*.json"))]
+        return [p for p in pods if p is not None]
+
+    async def terminate_pod(self, worker_id: str, pod_id: str | None) -> None:
+        record = self._read(worker_id)
+        if record is not None and self._alive(record):
+            await self._stop(worker_id, record)
+        self._children.pop(worker_id, None)
+        with contextlib.suppress(FileNotFoundError):
+            self._record_path(worker_id).unlink()
+
+    async def _stop(self, worker_id: str, record: dict[str, object]) -> None:
+        """SIGTERM to the pod's process group (the agent reports its task), then
+        SIGKILL after a grace period."""
+        pid = record["pid"]
+        assert isinstance(pid, int)  # checked by _alive
+        for sig, wait in ((signal.SIGTERM, _STOP_GRACE_SEC), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            if await self._exited(worker_id, record, wait):
+                return
+        raise ProviderError(f"local worker {worker_id} (pid {pid}) did not exit after SIGKILL")
+
+    async def _exited(self, worker_id: str, record: dict[str, object], timeout: float) -> bool:
+        child = self._children.get(worker_id)
+        if child is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.wait(), timeout)
+            return child.returncode is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if not self._alive(record):
+                return True
+            await asyncio.sleep(0.05)
+        return not self._alive(record)
+
+    async def aclose(self) -> None:
+        """Pods keep running: they belong to the fleet, not to this process."""
+        self._children.clear()

@@ -1,0 +1,51 @@
+"""The embedded Postgres (`pgserver`) used when no database is configured.
+
+It lives under `ORCHESTRATOR_DATA_DIR/pg` and keeps running after we exit, so
+local worker processes and the next orchestrator run share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import asyncpg
+
+from ..errors import StoreError
+
+DATABASE = "gpu_orchestrator"
+
+
+def _start_server(data_dir: Path) -> str:
+    import pgserver  # imported here: it is only needed without DATABASE_URL
+
+    pg_dir = data_dir / "pg"
+    pg_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pg_dir, cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def with_database(uri: str, database: str) -> str:
+    """The same server URI pointed at another database."""
+    base, sep, query = uri.partition("?")
+    root = base.rsplit("/", 1)[0]
+    return f"{root}/{database}{sep}{query}"
+
+
+async def embedded_dsn(data_dir: Path, database: str = DATABASE) -> str:
+    """Starts (or reuses) the embedded server and returns a DSN for `database`,
+    creating the database on first use."""
+    try:
+        admin_uri = await asyncio.to_thread(_start_server, data_dir)
+        conn = await asyncpg.connect(admin_uri)
+        try:
+            exists = await conn.fetchval("select 1 from pg_database where datname = $1", database)
+            if not exists:
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # a racing process
+                    await conn.execute(f'create database "{database}"')
+        finally:
+            await conn.close()
+    except Exception as exc:  # pgserver raises bare exceptions from initdb and pg_ctl
+        raise StoreError(f"embedded Postgres under {data_dir} failed to start: {exc}") from exc
+    return with_database(admin_uri, database)

@@ -1,0 +1,184 @@
+"""The state store over asyncpg: one SQL function call per operation."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import asyncpg
+
+from ..errors import StoreError
+from ..models import Reason, Snapshot, WorkerStatus, sources_of
+from .base import Lease, ReleasedTasks
+from .snapshot import parse_snapshot
+
+# Errors that mean "the store could not be reached or answered", translated at
+# this edge so the loop deals with one category.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@contextlib.asynccontextmanager
+async def _translated(operation: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def uses_transaction_pooler(dsn: str) -> bool:
+    """Supabase's transaction pooler (port 6543, or `pgbouncer=true`) cannot keep
+    prepared statements between transactions."""
+    parsed = urlparse(dsn)
+    return parsed.port == 6543 or "pgbouncer=true" in (parsed.query or "")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, max_size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
+    async with _translated("connect"):
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            timeout=timeout,
+            command_timeout=30,
+            statement_cache_size=0 if uses_transaction_pooler(dsn) else 100,
+            init=_init_connection,
+        )
+    assert pool is not None
+    return pool
+
+
+class PostgresStore:
+    """Implements `OrchestratorStore` and `WorkerStore` (see `base`)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, max_size: int = 10) -> PostgresStore:
+        return cls(await create_pool(dsn, max_size=max_size))
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    async def _val(self, operation: str, sql: str, *args: Any) -> Any:
+        async with _translated(operation):
+            return await self._pool.fetchval(sql, *args)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # orchestrator ---------------------------------------------------------
+
+    async def observe(self) -> Snapshot:
+        doc = await self._val("observe", "select orch_snapshot()")
+        return parse_snapshot(doc)
+
+    async def create_worker(self, worker_id: str, provider: str, detail: Mapping[str, Any]) -> None:
+        await self._val(
+            "create_worker", "select orch_create_worker($1, $2, $3)", worker_id, provider, detail
+        )
+
+    async def record_pod(self, worker_id: str, pod_id: str, cost_per_hr: float | None) -> None:
+        await self._val(
+            "record_pod", "select orch_record_pod($1, $2, $3)", worker_id, pod_id, cost_per_hr
+        )
+
+    async def transition_worker(
+        self,
+        worker_id: str,
+        to: WorkerStatus,
+        reason: Reason,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        released: bool = False,
+    ) -> bool:
+        return bool(
+            await self._val(
+                "transition_worker",
+                "select orch_transition_worker($1, $2, $3, $4, $5, $6)",
+                worker_id, list(sources_of(to)), to.value, reason.value, detail or {}, released,
+            )
+        )
+
+    async def mark_released(self, worker_id: str) -> None:
+        await self._val("mark_released", "select orch_mark_released($1)", worker_id)
+
+    async def release_tasks(
+        self, worker_id: str | None, task_id: str | None, max_attempts: int, error: str
+    ) -> ReleasedTasks:
+        out = await self._val(
+            "release_tasks",
+            "select orch_release_tasks($1, $2::uuid, $3, $4)",
+            worker_id, task_id, max_attempts, error,
+        )
+        return ReleasedTasks(
+            requeued=tuple(map(str, out["requeued"])), failed=tuple(map(str, out["failed"]))
+        )
+
+    async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease:
+        out = await self._val(
+            "acquire_lease", "select orch_acquire_lease($1, $2, $3)", name, holder, ttl_sec
+        )
+        return Lease(
+            leader=bool(out["leader"]),
+            holder=str(out["holder"]),
+            epoch=int(out["epoch"]),
+            expires_at=datetime.fromisoformat(out["expires_at"]),
+        )
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._val("release_lease", "select orch_release_lease($1, $2)", name, holder)
+
+    async def enqueue_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> int:
+        return int(await self._val("enqueue_tasks", "select orch_enqueue_tasks($1)", list(tasks)))
+
+    # worker agent ---------------------------------------------------------
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        logs: Sequence[Mapping[str, Any]],
+        current_task_id: str | None,
+        status: str = "active",
+    ) -> dict[str, Any]:
+        out = await self._val(
+            "heartbeat",
+            "select func_worker_heartbeat_with_logs($1, null, null, $2, $3, $4)",
+            worker_id, list(logs), current_task_id, status,
+        )
+        return dict(out)
+
+    async def claim_task(self, worker_id: str) -> dict[str, Any] | None:
+        async with _translated("claim_task"):
+            row = await self._pool.fetchrow(
+                "select id::text, task_type, params, attempts from func_claim_available_task($1)",
+                worker_id,
+            )
+        return None if row is None else dict(row)
+
+    async def complete_task(
+        self, task_id: str, worker_id: str, result: Mapping[str, Any]
+    ) -> bool:
+        out = await self._val(
+            "complete_task",
+            "select func_mark_task_complete($1::uuid, $2, $3)", task_id, result, worker_id,
+        )
+        return bool(out["success"])
+
+    async def fail_task(self, task_id: str, worker_id: str, error: str, max_attempts: int) -> bool:
+        out = await self._val(
+            "fail_task",
+            "select func_mark_task_failed($1::uuid, $2, $3, $4)",
+            task_id, error, worker_id, max_attempts,
+        )
+        return bool(out["success"])

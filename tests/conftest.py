@@ -1,0 +1,88 @@
+"""Real-Postgres fixtures: migrate once into a template database per session, then
+give each test its own `CREATE DATABASE ... TEMPLATE`.
+
+The server is the one `DATABASE_URL` points at when it is set (CI runs the suite
+both ways), else an embedded `pgserver` started in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from gpu_orchestrator.store.embedded import with_database
+from gpu_orchestrator.store.migrate import apply_migrations
+from gpu_orchestrator.store.postgres import PostgresStore
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pgserver
+
+    folder = tempfile.mkdtemp(prefix="gpo-pg-")  # short: the socket path is limited
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_admin_dsn: str) -> AsyncIterator[str]:
+    name = f"gpo_tpl_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    await admin.execute(f'create database "{name}"')
+    conn = await asyncpg.connect(with_database(pg_admin_dsn, name))
+    await apply_migrations(conn)
+    await conn.close()
+    try:
+        yield name
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+@pytest.fixture
+async def dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"gpo_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    await admin.execute(f'create database "{name}" template "{template_db}"')
+    try:
+        yield with_database(pg_admin_dsn, name)
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh database with no migrations applied."""
+    name = f"gpo_e_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    await admin.execute(f'create database "{name}"')
+    try:
+        yield with_database(pg_admin_dsn, name)
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[PostgresStore]:
+    s = await PostgresStore.connect(dsn, max_size=20)
+    try:
+        yield s
+    finally:
+        await s.close()
