@@ -80,7 +80,8 @@ def migrate() -> None:
     settings = _settings()
 
     async def main() -> list[str]:
-        from .runtime import migrate as apply, resolve_dsn
+        from .runtime import migrate as apply
+        from .runtime import resolve_dsn
 
         return await apply(await resolve_dsn(settings))
 
@@ -110,7 +111,8 @@ def enqueue(
     settings = _settings()
 
     async def main() -> int:
-        from .runtime import migrate as apply, resolve_dsn
+        from .runtime import migrate as apply
+        from .runtime import resolve_dsn
         from .store.postgres import PostgresStore
 
         dsn = await resolve_dsn(settings)

@@ -105,8 +105,12 @@ class Executor:
             return _result(action, "lost_race")
         except OrchestratorError as exc:
             log.warning(
-                "action_failed", kind=action.kind, reason=action.reason,
-                worker_id=action.worker_id, task_id=action.task_id, error=str(exc),
+                "action_failed",
+                kind=action.kind,
+                reason=action.reason,
+                worker_id=action.worker_id,
+                task_id=action.task_id,
+                error=str(exc),
             )
             return _result(action, "error", error=str(exc))
         return _result(action, "done", worker_id=worker_id)
@@ -169,15 +173,20 @@ class Executor:
         )
         if released.requeued or released.failed:
             log.info(
-                "tasks_released", worker_id=worker_id, reason=action.reason,
-                requeued=len(released.requeued), dead_lettered=len(released.failed),
+                "tasks_released",
+                worker_id=worker_id,
+                reason=action.reason,
+                requeued=len(released.requeued),
+                dead_lettered=len(released.failed),
             )
         await self._provider.terminate_pod(worker_id, pods.get(worker_id))
         return worker_id
 
     async def _requeue_orphan(self, action: Action) -> str | None:
         released = await self._store.release_tasks(
-            action.worker_id, action.task_id, self._max_attempts,
+            action.worker_id,
+            action.task_id,
+            self._max_attempts,
             f"holder {action.worker_id} gone: {action.reason.value}",
         )
         if not (released.requeued or released.failed):

@@ -106,8 +106,13 @@ class Orchestrator:
                 report = CycleReport(cycle_id, "retry", f"{type(exc).__name__}: {exc}", 0.0)
             duration = (time.perf_counter() - started) * 1000
             report = CycleReport(
-                report.cycle_id, report.outcome, report.reason, duration,
-                report.snapshot, report.plan, report.results,
+                report.cycle_id,
+                report.outcome,
+                report.reason,
+                duration,
+                report.snapshot,
+                report.plan,
+                report.results,
             )
             self.last_tick = time.monotonic()
             _log_cycle(report)

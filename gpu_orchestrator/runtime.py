@@ -59,10 +59,12 @@ class Runtime:
         await self.store.close()
 
 
-async def open_runtime(settings: Settings, *, dsn: str | None = None) -> Runtime:
+async def open_runtime(
+    settings: Settings, *, dsn: str | None = None, provider: Provider | None = None
+) -> Runtime:
     """Connects, migrates and wires everything; the caller closes it."""
     dsn = dsn or await resolve_dsn(settings)
-    provider = build_provider(settings)
+    provider = provider or build_provider(settings)
     await migrate(dsn)
     store = await PostgresStore.connect(dsn, max_size=settings.action_concurrency + 2)
     executor = Executor(

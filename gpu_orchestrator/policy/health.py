@@ -33,14 +33,17 @@ def judge_worker(
     if status is WorkerStatus.ERROR:
         reason = worker.termination_reason or Reason.UNKNOWN
         return Action(
-            ActionKind.RELEASE, reason, "failed worker: requeue its tasks, terminate its pod",
+            ActionKind.RELEASE,
+            reason,
+            "failed worker: requeue its tasks, terminate its pod",
             worker_id=worker.id,
         )
     if status is WorkerStatus.SPAWNING:
         booting = _age(now, worker.created_at)
         if booting > cfg.spawning_timeout_sec:
             return Action(
-                ActionKind.FAIL, Reason.BOOT_TIMEOUT,
+                ActionKind.FAIL,
+                Reason.BOOT_TIMEOUT,
                 f"no first heartbeat {booting:.0f}s after spawn "
                 f"(SPAWNING_TIMEOUT_SEC={cfg.spawning_timeout_sec:g})",
                 worker_id=worker.id,
@@ -54,22 +57,26 @@ def judge_worker(
     silent = _age(now, worker.last_heartbeat or worker.ready_at or worker.created_at)
     if silent > cfg.gpu_idle_timeout_sec:
         return Action(
-            ActionKind.FAIL, Reason.HEARTBEAT_LOST,
+            ActionKind.FAIL,
+            Reason.HEARTBEAT_LOST,
             f"last heartbeat {silent:.0f}s ago (GPU_IDLE_TIMEOUT_SEC={cfg.gpu_idle_timeout_sec:g})",
             worker_id=worker.id,
         )
     longest = max((_age(now, h.started_at) for h in held), default=0.0)
     if longest > cfg.task_stuck_timeout_sec:
         return Action(
-            ActionKind.FAIL, Reason.STUCK_TASK,
-            f"a task has run {longest:.0f}s (TASK_STUCK_TIMEOUT_SEC={cfg.task_stuck_timeout_sec:g})",
+            ActionKind.FAIL,
+            Reason.STUCK_TASK,
+            f"a task has run {longest:.0f}s "
+            f"(TASK_STUCK_TIMEOUT_SEC={cfg.task_stuck_timeout_sec:g})",
             worker_id=worker.id,
         )
     if status is WorkerStatus.TERMINATING:
         draining = _age(now, worker.drain_requested_at)
         if draining > cfg.graceful_shutdown_timeout_sec:
             return Action(
-                ActionKind.STOP, Reason.DRAIN_TIMEOUT,
+                ActionKind.STOP,
+                Reason.DRAIN_TIMEOUT,
                 f"still busy {draining:.0f}s after drain request "
                 f"(GRACEFUL_SHUTDOWN_TIMEOUT_SEC={cfg.graceful_shutdown_timeout_sec:g})",
                 worker_id=worker.id,
@@ -83,9 +90,11 @@ def orphan_requeues(snapshot: Snapshot) -> list[Action]:
     known = {w.id for w in snapshot.workers}
     return [
         Action(
-            ActionKind.REQUEUE_ORPHAN, Reason.ORPHAN,
+            ActionKind.REQUEUE_ORPHAN,
+            Reason.ORPHAN,
             f"in progress on {hold.worker_id or 'no worker'}, which is gone",
-            worker_id=hold.worker_id, task_id=hold.task_id,
+            worker_id=hold.worker_id,
+            task_id=hold.task_id,
         )
         for hold in snapshot.holds
         if hold.worker_id is None or hold.worker_id not in known

@@ -23,9 +23,7 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
     leaving = {a.worker_id for a in health if a.kind in (ActionKind.FAIL, ActionKind.STOP)}
     holds = snapshot.holds_by_worker()
 
-    serving = [
-        w for w in snapshot.workers if w.status in _ACCEPTS_TASKS and w.id not in leaving
-    ]
+    serving = [w for w in snapshot.workers if w.status in _ACCEPTS_TASKS and w.id not in leaving]
     capacity = len(serving)
     busy = sum(1 for w in serving if holds.get(w.id))
     demand = queue_demand(snapshot.queue, busy, cfg)
@@ -52,8 +50,10 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
         for w in idle[: capacity - desired]:
             actions.append(
                 Action(
-                    ActionKind.DRAIN, Reason.SCALED_DOWN,
-                    f"idle, fleet {capacity} above {desired} wanted", worker_id=w.id,
+                    ActionKind.DRAIN,
+                    Reason.SCALED_DOWN,
+                    f"idle, fleet {capacity} above {desired} wanted",
+                    worker_id=w.id,
                 )
             )
     return Plan(

@@ -77,9 +77,13 @@ class LocalProvider:
                 return existing  # a retried launch: the pod already exists
         self._dir.mkdir(parents=True, exist_ok=True)
         try:
-            with open(self._dir / f"{spec.worker_id}.log", "ab") as log:
+            log_path = self._dir / f"{spec.worker_id}.log"
+            with await asyncio.to_thread(open, log_path, "ab") as log:
                 proc = await asyncio.create_subprocess_exec(
-                    self._python, "-m", "gpu_orchestrator", "worker",
+                    self._python,
+                    "-m",
+                    "gpu_orchestrator",
+                    "worker",
                     env={**os.environ, **spec.env},
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,

@@ -22,7 +22,7 @@ def _start_server(data_dir: Path) -> str:
 
     pg_dir = data_dir / "pg"
     pg_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pg_dir, cleanup_mode=None)
+    server = pgserver.get_server(pg_dir, cleanup_mode=None)  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

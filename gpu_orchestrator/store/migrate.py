@@ -38,7 +38,9 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     async with conn.transaction():
         await conn.execute("select pg_advisory_xact_lock($1)", _LOCK_ID)
         await conn.execute(_CREATE_LEDGER)
-        done = {r["version"] for r in await conn.fetch("select version from orchestrator_migrations")}
+        done = {
+            r["version"] for r in await conn.fetch("select version from orchestrator_migrations")
+        }
         for version, sql in migration_files():
             if version in done:
                 continue

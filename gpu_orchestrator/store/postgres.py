@@ -106,7 +106,12 @@ class PostgresStore:
             await self._val(
                 "transition_worker",
                 "select orch_transition_worker($1, $2, $3, $4, $5, $6)",
-                worker_id, list(sources_of(to)), to.value, reason.value, detail or {}, released,
+                worker_id,
+                list(sources_of(to)),
+                to.value,
+                reason.value,
+                detail or {},
+                released,
             )
         )
 
@@ -119,7 +124,10 @@ class PostgresStore:
         out = await self._val(
             "release_tasks",
             "select orch_release_tasks($1, $2::uuid, $3, $4)",
-            worker_id, task_id, max_attempts, error,
+            worker_id,
+            task_id,
+            max_attempts,
+            error,
         )
         return ReleasedTasks(
             requeued=tuple(map(str, out["requeued"])), failed=tuple(map(str, out["failed"]))
@@ -142,6 +150,10 @@ class PostgresStore:
     async def enqueue_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> int:
         return int(await self._val("enqueue_tasks", "select orch_enqueue_tasks($1)", list(tasks)))
 
+    async def task_counts(self) -> dict[str, int]:
+        """Tasks by status, for people (the cycle never reads this)."""
+        return dict(await self._val("task_counts", "select orch_task_counts()"))
+
     # worker agent ---------------------------------------------------------
 
     async def heartbeat(
@@ -154,7 +166,10 @@ class PostgresStore:
         out = await self._val(
             "heartbeat",
             "select func_worker_heartbeat_with_logs($1, null, null, $2, $3, $4)",
-            worker_id, list(logs), current_task_id, status,
+            worker_id,
+            list(logs),
+            current_task_id,
+            status,
         )
         return dict(out)
 
@@ -166,12 +181,13 @@ class PostgresStore:
             )
         return None if row is None else dict(row)
 
-    async def complete_task(
-        self, task_id: str, worker_id: str, result: Mapping[str, Any]
-    ) -> bool:
+    async def complete_task(self, task_id: str, worker_id: str, result: Mapping[str, Any]) -> bool:
         out = await self._val(
             "complete_task",
-            "select func_mark_task_complete($1::uuid, $2, $3)", task_id, result, worker_id,
+            "select func_mark_task_complete($1::uuid, $2, $3)",
+            task_id,
+            result,
+            worker_id,
         )
         return bool(out["success"])
 
@@ -179,6 +195,9 @@ class PostgresStore:
         out = await self._val(
             "fail_task",
             "select func_mark_task_failed($1::uuid, $2, $3, $4)",
-            task_id, error, worker_id, max_attempts,
+            task_id,
+            error,
+            worker_id,
+            max_attempts,
         )
         return bool(out["success"])

@@ -386,3 +386,10 @@ language sql as $$
     )
     select count(*)::integer from gone;
 $$;
+
+-- Tasks by status (for the demo and operators; not read by the cycle).
+create or replace function orch_task_counts() returns json
+language sql stable as $$
+    select coalesce(json_object_agg(status, n), '{}'::json)
+    from (select status::text as status, count(*) as n from tasks group by 1) c;
+$$;

@@ -1,0 +1,87 @@
+"""What a person watching the fleet sees: a live rich view on a terminal, one plain
+line per cycle elsewhere. Rendering only; the numbers come from cycle reports."""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+
+from ..loop import CycleReport
+from ..models import Snapshot
+
+
+def _age(now: datetime, then: datetime | None) -> str:
+    return "-" if then is None else f"{(now - then).total_seconds():.0f}s"
+
+
+class FleetView:
+    def __init__(self, title: str, history: int = 8) -> None:
+        self._title = title
+        self._recent: deque[str] = deque(maxlen=history)
+        self._report: CycleReport | None = None
+        self._counts: dict[str, int] = {}
+        self._elapsed = 0.0
+
+    def update(self, report: CycleReport, counts: dict[str, int], elapsed: float) -> None:
+        self._report, self._counts, self._elapsed = report, counts, elapsed
+        for r in report.results:
+            who = r.worker_id or r.task_id or ""
+            failed = f" ({r.outcome}: {r.error})" if r.outcome == "error" else ""
+            self._recent.append(
+                f"{elapsed:6.1f}s {r.kind.value:<15} {r.reason.value:<14} {who}{failed}"
+            )
+
+    def queue_line(self) -> str:
+        c = self._counts
+        return (
+            f"queued={c.get('Queued', 0)} running={c.get('In Progress', 0)} "
+            f"done={c.get('Complete', 0)} failed={c.get('Failed', 0)}"
+        )
+
+    def plain_line(self) -> str:
+        """One line per cycle for logs and pipes."""
+        report = self._report
+        assert report is not None
+        workers = report.as_dict().get("observed", {}).get("workers", {})
+        fleet = " ".join(f"{k}={v}" for k, v in sorted(workers.items())) or "none"
+        acts: dict[str, int] = {}
+        for r in report.results:
+            acts[r.kind.value] = acts.get(r.kind.value, 0) + 1
+        done = " ".join(f"{k}x{v}" for k, v in sorted(acts.items())) or "-"
+        return (
+            f"[{self._elapsed:6.1f}s] {report.outcome:<7} {self.queue_line()} "
+            f"workers: {fleet} actions: {done}"
+        )
+
+    def renderable(self) -> Group:
+        report = self._report
+        header = f"{self._title}  t={self._elapsed:.1f}s  {self.queue_line()}"
+        if report is not None and report.plan is not None:
+            p = report.plan
+            header += f"  desired={p.desired_workers} capacity={p.capacity}"
+        parts: list[Panel | Table] = [Panel(header)]
+        if report is not None and report.snapshot is not None:
+            parts.append(_workers_table(report.snapshot))
+        parts.append(Panel("\n".join(self._recent) or "(no actions yet)", title="recent actions"))
+        return Group(*parts)
+
+
+def _workers_table(snapshot: Snapshot) -> Table:
+    holds = snapshot.holds_by_worker()
+    table = Table(title="workers", expand=True)
+    for col in ("worker", "status", "heartbeat", "tasks done", "holding"):
+        table.add_column(col)
+    for w in snapshot.workers:
+        held = holds.get(w.id, [])
+        table.add_row(
+            w.id,
+            w.status.value,
+            _age(snapshot.now, w.last_heartbeat),
+            str(w.tasks_completed),
+            held[0].task_id[:8] if held else "-",
+        )
+    return table

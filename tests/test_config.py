@@ -1,0 +1,95 @@
+"""Settings are validated at start: a bad value exits 2 with one line naming the
+variable, the value and what is accepted; `config` never shows a secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpu_orchestrator.config import load_settings, redact_dsn
+from gpu_orchestrator.errors import SettingsError
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "gpu_orchestrator", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "accepted"),
+    [
+        ("MAX_WORKER_FAILURE_RATE", "1.5", "less than or equal to 1"),
+        ("ORCHESTRATOR_POLL_SEC", "-1", "greater than 0"),
+        ("MAX_ACTIVE_GPUS", "abc", "valid integer"),
+        ("LOG_FORMAT", "xml", "'json' or 'console'"),
+        ("RUNPOD_WORKER_ENV", "novalue", "KEY=VALUE"),
+    ],
+)
+def test_bad_value_exits_2_with_one_line_naming_variable_value_and_rule(var, value, accepted):
+    result = run_cli("config", **{var: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert var in lines[0] and value in lines[0] and accepted in lines[0]
+
+
+def test_min_above_max_names_both_variables():
+    result = run_cli("config", MIN_ACTIVE_GPUS="5", MAX_ACTIVE_GPUS="2")
+    assert result.returncode == 2
+    assert "MIN_ACTIVE_GPUS=5" in result.stderr and "MAX_ACTIVE_GPUS (2)" in result.stderr
+
+
+def test_config_prints_effective_settings_with_secrets_redacted():
+    result = run_cli(
+        "config",
+        DATABASE_URL="postgresql://app:s3cr3t-pw@db.example:5432/app",
+        RUNPOD_API_KEY="rp_s3cr3t",
+        RUNPOD_WORKER_ENV="HF_TOKEN=hf_s3cr3t",
+        MAX_ACTIVE_GPUS="7",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cr3t" not in result.stdout + result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["max_active_gpus"] == 7
+    assert shown["database_url"] == "postgresql://app:***@db.example:5432/app"
+    assert shown["runpod_worker_env"] == {"HF_TOKEN": "**********"}
+
+
+def test_secrets_are_absent_from_repr():
+    settings = load_settings(database_url="postgresql://u:pw-123@h/db", runpod_api_key="rp-123")
+    assert "pw-123" not in repr(settings) and "rp-123" not in repr(settings)
+
+
+def test_provider_defaults_to_runpod_only_with_an_api_key():
+    assert load_settings(runpod_api_key=None).provider_name == "local"
+    assert load_settings(runpod_api_key="k").provider_name == "runpod"
+
+
+def test_load_settings_raises_settings_error_not_validation_error():
+    with pytest.raises(SettingsError, match="TASKS_PER_GPU_THRESHOLD=0"):
+        load_settings(tasks_per_gpu_threshold=0)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        (
+            "postgresql://postgres:@/postgres?host=/tmp/x",
+            "postgresql://postgres:***@/postgres?host=/tmp/x",
+        ),
+    ],
+)
+def test_redact_dsn_hides_only_the_password(dsn, shown):
+    assert redact_dsn(dsn) == shown
