@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     orchestrator_provider: Literal["local", "runpod"] | None = None
     runpod_api_key: SecretStr | None = None
     worker_name_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")] = "gpu"
+    # ordered preferences; `RUNPOD_GPU_TYPE` (one type) is accepted too
+    runpod_gpu_types: Annotated[tuple[str, ...], NoDecode] = ()
+    runpod_gpu_type: str | None = None
+    runpod_data_center_ids: Annotated[tuple[str, ...], NoDecode] = ()
 
     # scaling
     min_active_gpus: NonNegInt = 0
@@ -58,6 +62,11 @@ class Settings(BaseSettings):
     max_worker_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.8
     failure_window_minutes: PositiveSec = 30
     min_workers_for_rate_check: Annotated[int, Field(ge=1)] = 5
+    breaker_probe_interval_sec: PositiveSec = 300
+    breaker_probe_max_interval_sec: PositiveSec = 3600
+    breaker_evidence_sec: PositiveSec = 300
+    capacity_backoff_sec: PositiveSec = 60
+    capacity_backoff_max_sec: PositiveSec = 1800
 
     # loop & ops
     orchestrator_poll_sec: PositiveSec = 30
@@ -80,15 +89,30 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _parse_worker_env(cls, data: Any) -> Any:
+    def _parse_lists(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for key in list(data):
-                if key.lower() == "runpod_worker_env" and isinstance(data[key], str):
-                    data[key] = _parse_pairs(data[key])
+                value = data[key]
+                if not isinstance(value, str):
+                    continue
+                if key.lower() == "runpod_worker_env":
+                    data[key] = _parse_pairs(value)
+                elif key.lower() in ("runpod_gpu_types", "runpod_data_center_ids"):
+                    data[key] = tuple(filter(None, (part.strip() for part in value.split(","))))
         return data
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
+        if self.breaker_probe_interval_sec > self.breaker_probe_max_interval_sec:
+            raise ValueError(
+                f"BREAKER_PROBE_INTERVAL_SEC={self.breaker_probe_interval_sec:g}: must be at most "
+                f"BREAKER_PROBE_MAX_INTERVAL_SEC ({self.breaker_probe_max_interval_sec:g})"
+            )
+        if self.capacity_backoff_sec > self.capacity_backoff_max_sec:
+            raise ValueError(
+                f"CAPACITY_BACKOFF_SEC={self.capacity_backoff_sec:g}: must be at most "
+                f"CAPACITY_BACKOFF_MAX_SEC ({self.capacity_backoff_max_sec:g})"
+            )
         if self.min_active_gpus > self.max_active_gpus:
             raise ValueError(
                 f"MIN_ACTIVE_GPUS={self.min_active_gpus}: must be at most "
@@ -101,6 +125,15 @@ class Settings(BaseSettings):
         if self.orchestrator_provider is not None:
             return self.orchestrator_provider
         return "runpod" if self.runpod_api_key is not None else "local"
+
+    @property
+    def offerings(self) -> tuple[str, ...]:
+        """Where a pod may go, in order: GPU type x data center ("type@dc")."""
+        if self.provider_name == "local":
+            return ("local",)
+        types = self.runpod_gpu_types or tuple(filter(None, [self.runpod_gpu_type]))
+        centers = self.runpod_data_center_ids or ("any",)
+        return tuple(f"{gpu}@{dc}" for gpu in types for dc in centers)
 
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
@@ -116,6 +149,15 @@ class Settings(BaseSettings):
             task_stuck_timeout_sec=self.task_stuck_timeout_sec,
             graceful_shutdown_timeout_sec=self.graceful_shutdown_timeout_sec,
             max_task_attempts=self.max_task_attempts,
+            max_worker_failure_rate=self.max_worker_failure_rate,
+            failure_window_sec=self.failure_window_minutes * 60,
+            min_workers_for_rate_check=self.min_workers_for_rate_check,
+            breaker_probe_interval_sec=self.breaker_probe_interval_sec,
+            breaker_probe_max_interval_sec=self.breaker_probe_max_interval_sec,
+            breaker_evidence_sec=self.breaker_evidence_sec,
+            capacity_backoff_sec=self.capacity_backoff_sec,
+            capacity_backoff_max_sec=self.capacity_backoff_max_sec,
+            offerings=self.offerings,
         )
 
     def redacted(self) -> dict[str, Any]:

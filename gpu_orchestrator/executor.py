@@ -17,7 +17,7 @@ from datetime import datetime
 import structlog
 
 from .errors import CapacityError, OrchestratorError
-from .models import Action, ActionKind, Plan, Reason, Snapshot, WorkerStatus
+from .models import Action, ActionKind, BreakerState, Plan, Reason, Snapshot, WorkerStatus
 from .providers.base import PodSpec, Provider
 from .store.base import OrchestratorStore
 
@@ -62,6 +62,7 @@ class Executor:
         *,
         name_prefix: str,
         max_task_attempts: int,
+        actor: str,
         concurrency: int = 8,
     ) -> None:
         self._store = store
@@ -69,13 +70,16 @@ class Executor:
         self._pod_env = pod_env  # worker id -> the pod's environment
         self._prefix = name_prefix
         self._max_attempts = max_task_attempts
+        self._actor = actor  # who records breaker transitions: this orchestrator
         self._concurrency = concurrency
 
     async def apply(
         self, plan: Plan, snapshot: Snapshot, stop: asyncio.Event
     ) -> list[ActionResult]:
-        """Runs every action; once `stop` is set, actions not yet started are skipped
-        (those under way finish, so the state stays consistent)."""
+        """Records the breaker transition, then runs every action; once `stop` is set,
+        actions not yet started are skipped (those under way finish, so the state
+        stays consistent)."""
+        await self._record_breaker(plan)
         pods = {w.id: w.pod_id for w in snapshot.workers}
         gate = asyncio.Semaphore(self._concurrency)
 
@@ -86,6 +90,24 @@ class Executor:
                 return await self._run(action, pods, snapshot.now)
 
         return list(await asyncio.gather(*(run(a) for a in plan.actions)))
+
+    async def _record_breaker(self, plan: Plan) -> None:
+        move = plan.breaker.transition if plan.breaker is not None else None
+        if move is None:
+            return
+        kind = "breaker_opened" if move.to is BreakerState.OPEN else "breaker_closed"
+        detail = {"probe_interval_sec": move.probe_interval_sec, "message": move.message}
+        assert plan.breaker is not None
+        detail.update(
+            rate=plan.breaker.rate, failed=plan.breaker.failed, proven=plan.breaker.proven
+        )
+        try:
+            await self._store.record_event(kind, self._actor, move.reason.value, detail)
+        except OrchestratorError as exc:
+            # The next cycle judges the same transition again from the same facts.
+            log.warning("breaker_record_failed", kind=kind, error=str(exc))
+            return
+        log.warning(kind, reason=move.reason, message=move.message, **{"rate": plan.breaker.rate})
 
     async def _run(
         self, action: Action, pods: dict[str, str | None], now: datetime
@@ -120,10 +142,13 @@ class Executor:
         # The intent row comes first: a crash after it leaves a `spawning` row that
         # the boot deadline resolves, never an untracked pod.
         await self._store.create_worker(
-            worker_id, self._provider.name, {"reason": action.reason.value}
+            worker_id,
+            self._provider.name,
+            {"reason": action.reason.value, "offering": action.offering, "probe": action.probe},
         )
+        spec = PodSpec(worker_id, self._pod_env(worker_id), action.offering)
         try:
-            pod = await self._provider.create_pod(PodSpec(worker_id, self._pod_env(worker_id)))
+            pod = await self._provider.create_pod(spec)
         except CapacityError as exc:
             await self._give_up_spawn(worker_id, Reason.CAPACITY, exc)
             raise
@@ -131,7 +156,14 @@ class Executor:
             await self._give_up_spawn(worker_id, Reason.SPAWN_FAILED, exc)
             raise
         await self._store.record_pod(worker_id, pod.pod_id, pod.cost_per_hr)
-        log.info("worker_spawned", worker_id=worker_id, pod_id=pod.pod_id, reason=action.reason)
+        log.info(
+            "worker_spawned",
+            worker_id=worker_id,
+            pod_id=pod.pod_id,
+            reason=action.reason,
+            offering=action.offering,
+            probe=action.probe,
+        )
         return worker_id
 
     async def _give_up_spawn(self, worker_id: str, reason: Reason, exc: Exception) -> None:
@@ -156,28 +188,35 @@ class Executor:
         return await self._transition(action, WorkerStatus.TERMINATING)
 
     async def _release(self, action: Action, pods: dict[str, str | None]) -> str:
-        """Requeue what the worker held, terminate its pod, record it gone."""
-        worker_id = await self._release_pod(action, pods)
+        """A failed worker: requeue what it held, terminate its pod, record it gone."""
+        worker_id = await self._release_pod(action, pods, holder_died=True)
         await self._store.mark_released(worker_id)
         return worker_id
 
     async def _stop(self, action: Action, pods: dict[str, str | None]) -> str:
-        await self._release_pod(action, pods)
+        await self._release_pod(action, pods, holder_died=False)
         return await self._transition(action, WorkerStatus.TERMINATED)
 
-    async def _release_pod(self, action: Action, pods: dict[str, str | None]) -> str:
+    async def _release_pod(
+        self, action: Action, pods: dict[str, str | None], *, holder_died: bool
+    ) -> str:
         worker_id = action.worker_id
         assert worker_id is not None
         released = await self._store.release_tasks(
-            worker_id, None, self._max_attempts, f"worker {worker_id} lost: {action.reason.value}"
+            worker_id,
+            None,
+            self._max_attempts,
+            f"worker {worker_id} lost: {action.reason.value}",
+            holder_died=holder_died,
         )
-        if released.requeued or released.failed:
+        if released:
             log.info(
                 "tasks_released",
                 worker_id=worker_id,
                 reason=action.reason,
                 requeued=len(released.requeued),
                 dead_lettered=len(released.failed),
+                quarantined=list(released.quarantined),
             )
         await self._provider.terminate_pod(worker_id, pods.get(worker_id))
         return worker_id
@@ -189,7 +228,7 @@ class Executor:
             self._max_attempts,
             f"holder {action.worker_id} gone: {action.reason.value}",
         )
-        if not (released.requeued or released.failed):
+        if not released:
             raise _LostRace
         return action.worker_id
 

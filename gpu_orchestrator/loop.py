@@ -61,7 +61,13 @@ class CycleReport:
                 "capacity": self.plan.capacity,
                 "unmet_demand": self.plan.unmet_demand,
                 "held_back": [r.value for r in self.plan.held_back],
+                "offerings_backing_off": {
+                    b.offering: {"capacity_errors": b.capacity_errors, "until": b.until.isoformat()}
+                    for b in self.plan.backoffs
+                },
             }
+            if self.plan.breaker is not None:
+                out["breaker"] = self.plan.breaker.as_dict()
             out["actions"] = [r.as_dict() for r in self.results]
         return out
 
@@ -122,7 +128,7 @@ class Orchestrator:
         lease = await self._store.acquire_lease(LEASE_NAME, self._holder, self._lease_sec)
         if not lease.leader:
             return CycleReport(cycle_id, "skipped", f"not_leader (held by {lease.holder})", 0.0)
-        snapshot = await self._store.observe()
+        snapshot = await self._store.observe(self._policy.horizon_sec)
         plan = decide(snapshot, self._policy)
         results = await self._executor.apply(plan, snapshot, stop)
         return CycleReport(cycle_id, "ok", None, 0.0, snapshot, plan, tuple(results))

@@ -95,9 +95,26 @@ class Reason(StrEnum):
     # neutral
     CAPACITY = "capacity"
     ORPHAN = "orphan"
+    # normal exits and neutral outcomes, continued
+    TASK_CAUSED = "task_caused"  # died holding a task later quarantined as poison
+    # breaker
+    BREAKER_PROBE = "breaker_probe"  # the one spawn a half-open breaker admits
+    BREAKER_TRIPPED = "breaker_tripped"
+    PROBE_FAILED = "probe_failed"
+    PROBATION_FAILED = "probation_failed"  # a failure before recovery was proven
+    PROBE_PROVEN = "probe_proven"
+    EVIDENCE = "evidence"  # a worker spawned after the newest failure proved itself
+    AGED_OUT = "aged_out"  # the failures left the window
+    OPERATOR_RESET = "operator_reset"
     # why spawning is held back
     MAX_ACTIVE_REACHED = "max_active_reached"
     RAMP_LIMIT = "ramp_limit"
+    BREAKER_OPEN = "breaker_open"
+    PROBE_IN_FLIGHT = "probe_in_flight"
+    RECOVERY_RAMP = "recovery_ramp"  # after the breaker closed: slow start
+    ALL_OFFERINGS_BACKING_OFF = "all_offerings_backing_off"
+    SPAWNING_PAUSED = "spawning_paused"
+    KILL_SWITCH = "kill_switch"
     # a reason read back from the database that this version does not know
     UNKNOWN = "unknown"
 
@@ -107,6 +124,67 @@ class Reason(StrEnum):
             return cls(raw or "")
         except ValueError:
             return cls.UNKNOWN
+
+
+# DESIGN §4: outcomes that count against the breaker. Everything else that ends a
+# worker before it was ready (capacity, manual, orphan, task-caused) is neutral.
+FAILURE_REASONS = frozenset(
+    {
+        Reason.SPAWN_FAILED,
+        Reason.BOOT_TIMEOUT,
+        Reason.HEARTBEAT_LOST,
+        Reason.CRASHED,
+        Reason.STUCK_TASK,
+        Reason.POD_VANISHED,
+    }
+)
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"  # ordinary spawns blocked; waiting for the next probe
+    HALF_OPEN = "half_open"  # one probe spawn admitted (or in flight)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A worker launched, failed or proven within the breaker's horizon, or still
+    live: the raw material of the failure rate, probes, evidence and backoff."""
+
+    worker_id: str
+    created_at: datetime
+    offering: str | None  # where it was placed, e.g. "NVIDIA A40@EU-RO-1"
+    probe: bool  # spawned as a half-open probe
+    pod_created: bool  # the provider accepted the launch
+    live: bool  # its pod may still be running
+    ready_at: datetime | None
+    failed_at: datetime | None
+    failure: Reason | None  # its termination reason, when it ended in `error`
+    task_caused: bool  # died holding a task later quarantined as poison
+    tasks_completed: int = 0
+
+    def order(self) -> tuple[datetime, str]:
+        """Launch order, ties broken by id (deterministic)."""
+        return (self.created_at, self.worker_id)
+
+
+@dataclass(frozen=True)
+class BreakerRecord:
+    """The last breaker transition written to `orchestrator_events`."""
+
+    state: BreakerState  # OPEN or CLOSED
+    at: datetime
+    reason: Reason
+    probe_interval_sec: float  # for OPEN: the wait before the next probe
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Operator levers, each the latest of its audited events."""
+
+    spawning_paused: bool = False  # no ordinary spawns; probes still allowed
+    kill_switch: bool = False  # nothing is spawned, probes included
+    breaker_reset_at: datetime | None = None  # failures before this are forgiven
 
 
 @dataclass(frozen=True)
@@ -166,6 +244,9 @@ class Snapshot:
     workers: tuple[WorkerView, ...]
     holds: tuple[TaskHold, ...]  # every `In Progress` task
     queue: QueueStats
+    launches: tuple[Launch, ...] = ()  # see `Launch`
+    breaker: BreakerRecord | None = None  # None: never opened
+    controls: Controls = field(default_factory=Controls)
 
     def holds_by_worker(self) -> dict[str, list[TaskHold]]:
         out: dict[str, list[TaskHold]] = {}
@@ -191,6 +272,21 @@ class PolicyConfig:
     task_stuck_timeout_sec: float = 3600.0
     graceful_shutdown_timeout_sec: float = 600.0
     max_task_attempts: int = 3
+    max_worker_failure_rate: float = 0.8
+    failure_window_sec: float = 1800.0
+    min_workers_for_rate_check: int = 5
+    breaker_probe_interval_sec: float = 300.0
+    breaker_probe_max_interval_sec: float = 3600.0
+    breaker_evidence_sec: float = 300.0
+    capacity_backoff_sec: float = 60.0
+    capacity_backoff_max_sec: float = 1800.0
+    # where a pod may be placed, in order of preference ("gpu type@data center")
+    offerings: tuple[str, ...] = ("local",)
+
+    @property
+    def horizon_sec(self) -> float:
+        """How far back the breaker and capacity backoff need launch history."""
+        return max(self.failure_window_sec, self.capacity_backoff_max_sec)
 
 
 class ActionKind(StrEnum):
@@ -209,6 +305,73 @@ class Action:
     message: str  # one line for humans
     worker_id: str | None = None  # None for SPAWN (the shell names the worker)
     task_id: str | None = None  # REQUEUE_ORPHAN only
+    offering: str | None = None  # SPAWN: where to place the pod
+    probe: bool = False  # SPAWN: the half-open breaker's probe
+
+
+@dataclass(frozen=True)
+class BreakerTransition:
+    """A breaker state change the executor records before acting on the plan."""
+
+    to: BreakerState  # OPEN or CLOSED
+    reason: Reason
+    probe_interval_sec: float
+    message: str
+
+
+@dataclass(frozen=True)
+class BreakerView:
+    """The breaker as this cycle judges it, with its forecast."""
+
+    state: BreakerState
+    failed: int  # counted failures in the window
+    proven: int  # proven workers in the window (or still healthy)
+    rate: float | None  # failed / (failed + proven); None with no sample
+    failures_by_reason: tuple[tuple[Reason, int], ...]
+    tripped: bool  # sample >= minimum and rate strictly above the threshold
+    evidence_worker: str | None  # spawned after the newest failure and proven
+    probe_interval_sec: float
+    next_probe_at: datetime | None  # OPEN: when a probe becomes due
+    probe_worker: str | None  # the probe in flight
+    probation: bool  # closed, but no new worker has proven itself yet
+    booting_limit: int | None  # recovery ramp: most workers booting at once
+    aging_out: tuple[datetime, ...]  # when each counted failure leaves the window
+    rate_ok_at: datetime | None  # when the rate falls to the threshold if nothing new happens
+    transition: BreakerTransition | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready, for the cycle log, `once` and the health report."""
+
+        def iso(t: datetime | None) -> str | None:
+            return None if t is None else t.isoformat()
+
+        move = self.transition
+        return {
+            "state": self.state.value,
+            "rate": None if self.rate is None else round(self.rate, 4),
+            "failed": self.failed,
+            "proven": self.proven,
+            "failures_by_reason": {r.value: n for r, n in self.failures_by_reason},
+            "tripped": self.tripped,
+            "evidence_worker": self.evidence_worker,
+            "probe_interval_sec": self.probe_interval_sec,
+            "next_probe_at": iso(self.next_probe_at),
+            "probe_worker": self.probe_worker,
+            "probation": self.probation,
+            "booting_limit": self.booting_limit,
+            "failures_age_out_at": [iso(t) for t in self.aging_out],
+            "rate_ok_at": iso(self.rate_ok_at),
+            "transition": None
+            if move is None
+            else {"to": move.to.value, "reason": move.reason.value, "message": move.message},
+        }
+
+
+@dataclass(frozen=True)
+class OfferingBackoff:
+    offering: str
+    capacity_errors: int  # consecutive, since its last successful launch
+    until: datetime  # no launch there before this
 
 
 @dataclass(frozen=True)
@@ -220,6 +383,8 @@ class Plan:
     capacity: int  # booting + active workers that accept tasks, after this plan's failures
     unmet_demand: int  # workers wanted but not spawned this cycle
     held_back: tuple[Reason, ...] = field(default=())  # why unmet demand was not spawned
+    breaker: BreakerView | None = None
+    backoffs: tuple[OfferingBackoff, ...] = ()  # offerings out of capacity right now
 
     def count(self, kind: ActionKind) -> int:
         return sum(1 for a in self.actions if a.kind is kind)

@@ -73,6 +73,7 @@ async def open_runtime(
         lambda worker_id: worker_environment(settings, dsn, worker_id),
         name_prefix=settings.worker_name_prefix,
         max_task_attempts=settings.max_task_attempts,
+        actor=settings.orchestrator_id,
         concurrency=settings.action_concurrency,
     )
     orchestrator = Orchestrator(

@@ -1,20 +1,34 @@
-"""`decide`: one snapshot in, one plan out. Observed failures first, then scaling."""
+"""`decide`: one snapshot in, one plan out. Observed failures first, then the
+breaker and capacity gates, then scaling."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ..models import (
     Action,
     ActionKind,
+    BreakerState,
+    BreakerView,
     Plan,
     PolicyConfig,
     Reason,
     Snapshot,
     WorkerStatus,
 )
+from .breaker import assess_breaker
+from .capacity import offering_backoffs
 from .health import health_actions
 from .scaling import desired_workers, drain_candidates, queue_demand
 
 _ACCEPTS_TASKS = (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE)
+
+
+@dataclass(frozen=True)
+class _Launches:
+    count: int
+    probe: bool
+    held_back: tuple[Reason, ...]
 
 
 def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
@@ -25,25 +39,45 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
 
     serving = [w for w in snapshot.workers if w.status in _ACCEPTS_TASKS and w.id not in leaving]
     capacity = len(serving)
+    booting = sum(1 for w in serving if w.status is WorkerStatus.SPAWNING)
     busy = sum(1 for w in serving if holds.get(w.id))
     demand = queue_demand(snapshot.queue, busy, cfg)
     desired = desired_workers(demand, cfg)
+    breaker = assess_breaker(snapshot, cfg)
+    backoffs = offering_backoffs(snapshot.launches, snapshot.now, cfg)
+    open_offerings = [o for o in cfg.offerings if o not in {b.offering for b in backoffs}]
 
     # Pods that may still bill: everything not released, failing ones included
     # until their termination is confirmed.
     pods = sum(1 for w in snapshot.workers if w.status is not WorkerStatus.EXTERNAL)
     shortfall = max(0, desired - capacity)
     room = max(0, cfg.max_active_gpus - pods)
-    spawns = min(shortfall, room, cfg.max_spawns_per_cycle)
-    held_back: list[Reason] = []
-    if spawns < shortfall:
-        held_back.append(Reason.MAX_ACTIVE_REACHED if room < shortfall else Reason.RAMP_LIMIT)
+    unmet = (demand > capacity and snapshot.queue.queued > 0) or capacity < cfg.min_active_gpus
+    launches = _gate(
+        shortfall,
+        room,
+        booting,
+        unmet,
+        breaker,
+        snapshot.controls.spawning_paused,
+        snapshot.controls.kill_switch,
+        bool(open_offerings),
+        cfg,
+    )
 
     actions = list(health)
-    for n in range(spawns):
-        reason = _spawn_reason(capacity + n, demand, cfg)
+    for n in range(launches.count):
+        reason = (
+            Reason.BREAKER_PROBE if launches.probe else _spawn_reason(capacity + n, demand, cfg)
+        )
         actions.append(
-            Action(ActionKind.SPAWN, reason, f"fleet {capacity + n} of {desired} wanted")
+            Action(
+                ActionKind.SPAWN,
+                reason,
+                f"fleet {capacity + n} of {desired} wanted",
+                offering=open_offerings[0],
+                probe=launches.probe,
+            )
         )
     if capacity > desired:
         idle = drain_candidates(serving, holds, snapshot.now, cfg)
@@ -60,9 +94,50 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
         actions=tuple(actions),
         desired_workers=desired,
         capacity=capacity,
-        unmet_demand=shortfall - spawns,
-        held_back=tuple(held_back),
+        unmet_demand=shortfall - launches.count,
+        held_back=launches.held_back,
+        breaker=breaker,
+        backoffs=backoffs,
     )
+
+
+def _gate(
+    shortfall: int,
+    room: int,
+    booting: int,
+    unmet: bool,
+    breaker: BreakerView,
+    paused: bool,
+    killed: bool,
+    offering_open: bool,
+    cfg: PolicyConfig,
+) -> _Launches:
+    """How many launches this cycle, whether it is the probe, and what held the
+    rest back. Order: kill switch, no offering, breaker, pause, ceiling, ramps."""
+    if shortfall == 0 and not (breaker.state is BreakerState.HALF_OPEN and unmet):
+        return _Launches(0, False, ())
+    if killed:
+        return _Launches(0, False, (Reason.KILL_SWITCH,))
+    if not offering_open:
+        return _Launches(0, False, (Reason.ALL_OFFERINGS_BACKING_OFF,))
+    if breaker.state is BreakerState.OPEN:
+        return _Launches(0, False, (Reason.BREAKER_OPEN,))
+    if breaker.state is BreakerState.HALF_OPEN:
+        if breaker.probe_worker is not None:
+            return _Launches(0, False, (Reason.PROBE_IN_FLIGHT,))
+        if not unmet:
+            return _Launches(0, False, (Reason.BREAKER_OPEN,))
+        if room == 0:
+            return _Launches(0, False, (Reason.MAX_ACTIVE_REACHED,))
+        return _Launches(1, True, (Reason.BREAKER_OPEN,) if shortfall > 1 else ())
+    if paused:
+        return _Launches(0, False, (Reason.SPAWNING_PAUSED,))
+    limits = [(room, Reason.MAX_ACTIVE_REACHED), (cfg.max_spawns_per_cycle, Reason.RAMP_LIMIT)]
+    if breaker.booting_limit is not None:
+        limits.append((max(0, breaker.booting_limit - booting), Reason.RECOVERY_RAMP))
+    count = min([shortfall] + [limit for limit, _ in limits])
+    held = tuple(reason for limit, reason in limits if limit < shortfall)
+    return _Launches(count, False, held[:1])
 
 
 def _spawn_reason(capacity: int, demand: int, cfg: PolicyConfig) -> Reason:

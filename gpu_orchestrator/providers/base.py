@@ -17,6 +17,7 @@ from ..config import Settings
 class PodSpec:
     worker_id: str  # also the pod's name
     env: Mapping[str, str] = field(repr=False)  # holds secrets: never logged
+    offering: str | None = None  # "gpu type@data center"; None: the provider's default
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,15 @@ class Lease:
 class ReleasedTasks:
     requeued: tuple[str, ...]
     failed: tuple[str, ...]  # dead-lettered: `MAX_TASK_ATTEMPTS` reached
+    quarantined: tuple[str, ...] = ()  # poison: killed two workers
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed or self.quarantined)
 
 
 class OrchestratorStore(Protocol):
-    async def observe(self) -> Snapshot: ...
+    async def observe(self, horizon_sec: float) -> Snapshot:
+        """One call; `horizon_sec`: how far back launch history is read."""
 
     async def create_worker(self, worker_id: str, provider: str, detail: Mapping[str, Any]) -> None:
         """Writes the intent row (`spawning`) before any pod is requested."""
@@ -53,9 +58,21 @@ class OrchestratorStore(Protocol):
         """The worker's pod is confirmed gone."""
 
     async def release_tasks(
-        self, worker_id: str | None, task_id: str | None, max_attempts: int, error: str
+        self,
+        worker_id: str | None,
+        task_id: str | None,
+        max_attempts: int,
+        error: str,
+        *,
+        holder_died: bool = False,
     ) -> ReleasedTasks:
-        """Requeues (or dead-letters at the limit) `In Progress` tasks of a holder."""
+        """Requeues (or dead-letters at the limit) `In Progress` tasks of a holder;
+        when the holder died, a task that has killed two workers is quarantined."""
+
+    async def record_event(
+        self, kind: str, actor: str, reason: str, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        """Appends a breaker transition or an operator lever to `orchestrator_events`."""
 
     async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease: ...
 

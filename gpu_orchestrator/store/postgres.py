@@ -79,8 +79,8 @@ class PostgresStore:
 
     # orchestrator ---------------------------------------------------------
 
-    async def observe(self) -> Snapshot:
-        doc = await self._val("observe", "select orch_snapshot()")
+    async def observe(self, horizon_sec: float = 1800.0) -> Snapshot:
+        doc = await self._val("observe", "select orch_snapshot($1)", horizon_sec)
         return parse_snapshot(doc)
 
     async def create_worker(self, worker_id: str, provider: str, detail: Mapping[str, Any]) -> None:
@@ -119,18 +119,39 @@ class PostgresStore:
         await self._val("mark_released", "select orch_mark_released($1)", worker_id)
 
     async def release_tasks(
-        self, worker_id: str | None, task_id: str | None, max_attempts: int, error: str
+        self,
+        worker_id: str | None,
+        task_id: str | None,
+        max_attempts: int,
+        error: str,
+        *,
+        holder_died: bool = False,
     ) -> ReleasedTasks:
         out = await self._val(
             "release_tasks",
-            "select orch_release_tasks($1, $2::uuid, $3, $4)",
+            "select orch_release_tasks($1, $2::uuid, $3, $4, $5)",
             worker_id,
             task_id,
             max_attempts,
             error,
+            holder_died,
         )
         return ReleasedTasks(
-            requeued=tuple(map(str, out["requeued"])), failed=tuple(map(str, out["failed"]))
+            requeued=tuple(map(str, out["requeued"])),
+            failed=tuple(map(str, out["failed"])),
+            quarantined=tuple(map(str, out["quarantined"])),
+        )
+
+    async def record_event(
+        self, kind: str, actor: str, reason: str, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        await self._val(
+            "record_event",
+            "select orch_record_event($1, $2, $3, $4)",
+            kind,
+            actor,
+            reason,
+            detail or {},
         )
 
     async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease:

@@ -6,7 +6,18 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import StoreError
-from ..models import QueueStats, Reason, Snapshot, TaskHold, WorkerStatus, WorkerView
+from ..models import (
+    BreakerRecord,
+    BreakerState,
+    Controls,
+    Launch,
+    QueueStats,
+    Reason,
+    Snapshot,
+    TaskHold,
+    WorkerStatus,
+    WorkerView,
+)
 
 
 def _ts(value: Any) -> datetime | None:
@@ -30,6 +41,42 @@ def _worker(row: dict[str, Any]) -> WorkerView:
     )
 
 
+def _launch(row: dict[str, Any]) -> Launch:
+    failure = row.get("failure")
+    return Launch(
+        worker_id=row["id"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        offering=row.get("offering"),
+        probe=bool(row.get("probe")),
+        pod_created=bool(row.get("pod_created")),
+        live=bool(row.get("live")),
+        ready_at=_ts(row.get("ready_at")),
+        failed_at=_ts(row.get("failed_at")),
+        failure=None if failure is None else Reason.parse(failure),
+        task_caused=bool(row.get("task_caused")),
+        tasks_completed=int(row.get("tasks_completed") or 0),
+    )
+
+
+def _breaker(row: dict[str, Any] | None) -> BreakerRecord | None:
+    if row is None:
+        return None
+    return BreakerRecord(
+        state=BreakerState(row["state"]),
+        at=datetime.fromisoformat(row["at"]),
+        reason=Reason.parse(row.get("reason")),
+        probe_interval_sec=float(row["probe_interval_sec"]),
+    )
+
+
+def _controls(row: dict[str, Any]) -> Controls:
+    return Controls(
+        spawning_paused=bool(row.get("spawning_paused")),
+        kill_switch=bool(row.get("kill_switch")),
+        breaker_reset_at=_ts(row.get("breaker_reset_at")),
+    )
+
+
 def parse_snapshot(doc: dict[str, Any]) -> Snapshot:
     """Raises `StoreError` when the document is not a snapshot: a cycle never acts
     on a world it could not read."""
@@ -50,6 +97,9 @@ def parse_snapshot(doc: dict[str, Any]) -> Snapshot:
             queue=QueueStats(
                 queued=int(queue["queued"]), oldest_queued_at=_ts(queue.get("oldest_queued_at"))
             ),
+            launches=tuple(_launch(row) for row in doc["launches"]),
+            breaker=_breaker(doc.get("breaker")),
+            controls=_controls(doc["controls"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"malformed snapshot: {exc!r}") from exc

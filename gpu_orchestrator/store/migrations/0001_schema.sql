@@ -28,6 +28,9 @@ alter table tasks add column if not exists result_data jsonb;
 alter table tasks add column if not exists output_location text;
 -- Only `gpu` tasks are claimed by GPU workers and counted as demand.
 alter table tasks add column if not exists run_type text not null default 'gpu';
+-- Workers that died holding this task; at two it is quarantined as poison.
+alter table tasks add column if not exists lost_by text[] not null default '{}';
+alter table tasks add column if not exists quarantined_at timestamptz;
 
 create index if not exists tasks_queued_idx on tasks (created_at, id)
     where status = 'Queued' and run_type = 'gpu';
@@ -52,10 +55,19 @@ alter table workers add column if not exists terminated_at timestamptz;
 alter table workers add column if not exists termination_reason text;
 alter table workers add column if not exists last_task_finished_at timestamptz;
 alter table workers add column if not exists tasks_completed integer not null default 0;
+alter table workers add column if not exists offering text;
+alter table workers add column if not exists probe boolean not null default false;
+alter table workers add column if not exists failed_at timestamptz;
+-- Its death was caused by a poison task: neutral for the breaker.
+alter table workers add column if not exists task_caused boolean not null default false;
 
 -- The snapshot reads live rows and `error` rows whose pod is not released yet.
 create index if not exists workers_unreleased_idx on workers (id)
     where terminated_at is null;
+-- The breaker reads workers launched, failed or ready within its horizon.
+create index if not exists workers_created_idx on workers (created_at);
+create index if not exists workers_failed_idx on workers (failed_at);
+create index if not exists workers_ready_idx on workers (ready_at);
 
 -- Append-only history of every worker transition: the source of truth for the
 -- breaker, the health report, alerts and replay.
@@ -94,3 +106,16 @@ create table if not exists orchestrator_leases (
     expires_at timestamptz not null,
     acquired_at timestamptz not null default now()
 );
+
+-- Append-only audit of orchestrator-level decisions and operator levers:
+-- breaker_opened / breaker_closed, breaker_reset, spawning_paused / _resumed,
+-- kill_switch_on / _off. Who (`actor`) and why (`reason`) are always recorded.
+create table if not exists orchestrator_events (
+    id bigserial primary key,
+    at timestamptz not null default now(),
+    kind text not null,
+    actor text not null,
+    reason text not null,
+    detail jsonb not null default '{}'::jsonb
+);
+create index if not exists orchestrator_events_kind_idx on orchestrator_events (kind, at desc);

@@ -98,6 +98,7 @@ begin
         ready_at = case when next = 'active' then coalesce(ready_at, now()) else ready_at end,
         termination_reason = case when next = 'error' and prev <> 'error'
                                   then 'crashed' else termination_reason end,
+        failed_at = case when next = 'error' and prev <> 'error' then now() else failed_at end,
         metadata = metadata || jsonb_strip_nulls(jsonb_build_object(
             'vram_total_mb', vram_total_mb_param,
             'vram_used_mb', vram_used_mb_param,
@@ -163,49 +164,68 @@ $$;
 
 -- Releases `In Progress` tasks with `attempts + 1`: back to `Queued` below the
 -- limit, `Failed` (dead-lettered) at it. Selects the tasks held by `worker_id_param`
--- (null: held by nobody), optionally only `task_id_param`. Two updates over
--- disjoint rows because a CASE would yield `text`, which an enum column refuses.
+-- (null: held by nobody), optionally only `task_id_param`. When the holder died
+-- (`holder_died_param`), it is added to the task's `lost_by`; a task that has
+-- now killed `quarantine_after_param` workers is quarantined as poison and those
+-- workers' deaths are reclassified as task-caused (neutral for the breaker).
 create or replace function orch_release_tasks(
     worker_id_param text,
     task_id_param uuid,
     max_attempts_param integer,
-    error_message_param text
+    error_message_param text,
+    holder_died_param boolean default false,
+    quarantine_after_param integer default 2
 ) returns jsonb
-language sql as $$
-    with failed as (
-        update tasks
-        set status = 'Failed',
-            attempts = attempts + 1,
-            error_message = error_message_param,
-            generation_processed_at = now(),
-            updated_at = now()
+language plpgsql as $$
+declare
+    t record;
+    lost text[];
+    requeued jsonb := '[]'::jsonb;
+    failed jsonb := '[]'::jsonb;
+    quarantined jsonb := '[]'::jsonb;
+begin
+    for t in
+        select id, attempts, lost_by from tasks
         where status = 'In Progress'
           and worker_id is not distinct from worker_id_param
           and (task_id_param is null or id = task_id_param)
-          and attempts + 1 >= max_attempts_param
-        returning id
-    ), requeued as (
-        update tasks
-        set status = 'Queued',
-            attempts = attempts + 1,
-            error_message = error_message_param,
-            worker_id = null,
-            generation_started_at = null,
-            updated_at = now()
-        where status = 'In Progress'
-          and worker_id is not distinct from worker_id_param
-          and (task_id_param is null or id = task_id_param)
-          and attempts + 1 < max_attempts_param
-        returning id
-    ), finished as (
-        update workers
-        set last_task_finished_at = now()
-        where id = worker_id_param
-          and exists (select 1 from failed union all select 1 from requeued)
-    )
-    select jsonb_build_object(
-        'requeued', coalesce((select jsonb_agg(id) from requeued), '[]'::jsonb),
-        'failed', coalesce((select jsonb_agg(id) from failed), '[]'::jsonb));
+        for update
+    loop
+        lost := case when holder_died_param then t.lost_by || worker_id_param else t.lost_by end;
+        if holder_died_param and cardinality(lost) >= quarantine_after_param then
+            update tasks
+            set status = 'Failed', attempts = attempts + 1, lost_by = lost,
+                quarantined_at = now(), generation_processed_at = now(), updated_at = now(),
+                error_message = format('quarantined: in progress on %s workers that died (%s)',
+                                       cardinality(lost), array_to_string(lost, ', '))
+            where id = t.id;
+            update workers set task_caused = true where id = any (lost);
+            insert into worker_events (worker_id, kind, reason, detail)
+            select w, 'reclassified', 'task_caused', jsonb_build_object('task_id', t.id)
+            from unnest(lost) w;
+            quarantined := quarantined || to_jsonb(t.id);
+        elsif t.attempts + 1 >= max_attempts_param then
+            update tasks
+            set status = 'Failed', attempts = attempts + 1, lost_by = lost,
+                error_message = error_message_param,
+                generation_processed_at = now(), updated_at = now()
+            where id = t.id;
+            failed := failed || to_jsonb(t.id);
+        else
+            update tasks
+            set status = 'Queued', attempts = attempts + 1, lost_by = lost,
+                error_message = error_message_param,
+                worker_id = null, generation_started_at = null, updated_at = now()
+            where id = t.id;
+            requeued := requeued || to_jsonb(t.id);
+        end if;
+    end loop;
+    if found then
+        update workers set last_task_finished_at = now() where id = worker_id_param;
+    end if;
+    return jsonb_build_object('requeued', requeued, 'failed', failed,
+                              'quarantined', quarantined);
+end
 $$;
 
 -- A task failed on its worker: `attempts + 1`, requeued below the limit.
@@ -239,8 +259,13 @@ $$;
 ------------------------------------------------------------------------------
 
 -- Everything one cycle needs, in one round trip whatever the fleet size.
-create or replace function orch_snapshot() returns json
+-- `horizon_sec_param`: how far back the breaker and capacity backoff look.
+create or replace function orch_snapshot(horizon_sec_param double precision default 1800)
+returns json
 language sql stable as $$
+    with bounds as (
+        select now() - make_interval(secs => horizon_sec_param) as since
+    )
     select json_build_object(
         'now', now(),
         'workers', coalesce((
@@ -265,7 +290,50 @@ language sql stable as $$
         'queue', (
             select json_build_object('queued', count(*), 'oldest_queued_at', min(q.created_at))
             from tasks q
-            where q.status = 'Queued' and q.run_type = 'gpu'));
+            where q.status = 'Queued' and q.run_type = 'gpu'),
+        'launches', coalesce((
+            select json_agg(json_build_object(
+                'id', w.id, 'created_at', w.created_at, 'offering', w.offering,
+                'probe', w.probe, 'pod_created', w.pod_id is not null,
+                'live', w.terminated_at is null
+                        and w.status in ('spawning', 'active', 'terminating'),
+                'ready_at', w.ready_at, 'failed_at', w.failed_at,
+                'failure', case when w.status = 'error' then w.termination_reason end,
+                'task_caused', w.task_caused, 'tasks_completed', w.tasks_completed))
+            from workers w, bounds b
+            where w.created_at > b.since or w.failed_at > b.since or w.ready_at > b.since
+               or (w.terminated_at is null
+                   and w.status in ('spawning', 'active', 'terminating'))), '[]'::json),
+        'breaker', (
+            select json_build_object(
+                'state', case e.kind when 'breaker_opened' then 'open' else 'closed' end,
+                'at', e.at, 'reason', e.reason,
+                'probe_interval_sec', (e.detail ->> 'probe_interval_sec')::double precision)
+            from orchestrator_events e
+            where e.kind in ('breaker_opened', 'breaker_closed')
+            order by e.at desc, e.id desc
+            limit 1),
+        'controls', json_build_object(
+            'spawning_paused', coalesce((
+                select e.kind = 'spawning_paused' from orchestrator_events e
+                where e.kind in ('spawning_paused', 'spawning_resumed')
+                order by e.at desc, e.id desc limit 1), false),
+            'kill_switch', coalesce((
+                select e.kind = 'kill_switch_on' from orchestrator_events e
+                where e.kind in ('kill_switch_on', 'kill_switch_off')
+                order by e.at desc, e.id desc limit 1), false),
+            'breaker_reset_at', (
+                select max(e.at) from orchestrator_events e where e.kind = 'breaker_reset')));
+$$;
+
+-- Appends an orchestrator-level event (breaker transition or operator lever).
+create or replace function orch_record_event(
+    kind_param text, actor_param text, reason_param text, detail_param jsonb default '{}'::jsonb
+) returns json
+language sql as $$
+    insert into orchestrator_events (kind, actor, reason, detail)
+    values (kind_param, actor_param, reason_param, detail_param)
+    returning json_build_object('id', id, 'at', at, 'kind', kind);
 $$;
 
 -- The intent row, written before the provider is asked for a pod.
@@ -273,8 +341,9 @@ create or replace function orch_create_worker(
     worker_id_param text, provider_param text, detail_param jsonb
 ) returns void
 language sql as $$
-    insert into workers (id, status, provider, metadata)
-    values (worker_id_param, 'spawning', provider_param, detail_param);
+    insert into workers (id, status, provider, offering, probe, metadata)
+    values (worker_id_param, 'spawning', provider_param, detail_param ->> 'offering',
+            coalesce((detail_param ->> 'probe')::boolean, false), detail_param);
     insert into worker_events (worker_id, kind, reason, detail)
     values (worker_id_param, 'spawning', detail_param ->> 'reason', detail_param);
 $$;
@@ -312,7 +381,9 @@ language sql as $$
                                  then coalesce(terminated_at, now())
                                  else terminated_at end,
             termination_reason = case when to_param in ('error', 'terminated')
-                                      then reason_param else termination_reason end
+                                      then reason_param else termination_reason end,
+            failed_at = case when to_param = 'error' then coalesce(failed_at, now())
+                             else failed_at end
         where id = worker_id_param and status = any (from_param)
         returning id
     ), event as (

@@ -1,0 +1,315 @@
+"""The failure-rate circuit breaker (DESIGN §5), judged afresh every cycle from the
+persisted outcomes of recent launches and the last recorded breaker transition,
+so a restarted orchestrator decides the same way.
+
+- Only real failures count (FAILURE_REASONS); capacity errors, operator stops and
+  deaths caused by a poison task are neutral. Outcomes are windowed on the time
+  they happened (failure time, ready time, or now for a worker still healthy).
+- CLOSED trips to OPEN when the sample reaches the minimum and the rate is
+  strictly above the threshold, unless evidence shows spawning works again.
+- OPEN admits one probe after the probe interval (HALF_OPEN). A proven probe, or
+  any worker spawned after the newest failure that proves itself, closes it and
+  forgives older failures; a failed probe reopens it with a doubled interval.
+- After closing, recovery is gradual: one booting worker at a time until a new
+  worker proves itself (a failure meanwhile reopens at once), then slow start.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ..models import (
+    FAILURE_REASONS,
+    BreakerRecord,
+    BreakerState,
+    BreakerTransition,
+    BreakerView,
+    Launch,
+    PolicyConfig,
+    Reason,
+    Snapshot,
+)
+
+_PROOF_CLOSES = (Reason.PROBE_PROVEN, Reason.EVIDENCE)
+
+
+def counted_failure(launch: Launch) -> bool:
+    return (
+        launch.failed_at is not None
+        and launch.failure in FAILURE_REASONS
+        and not launch.task_caused
+    )
+
+
+def proves(launch: Launch, now: datetime, cfg: PolicyConfig) -> bool:
+    """Became ready and then completed a task, or has stayed healthy for
+    `BREAKER_EVIDENCE_SEC`."""
+    if launch.ready_at is None or launch.failed_at is not None:
+        return False
+    healthy = (now - launch.ready_at).total_seconds() >= cfg.breaker_evidence_sec
+    return launch.tasks_completed > 0 or (launch.live and healthy)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    failures: tuple[Launch, ...]  # counted, in the window, not forgiven
+    proven: tuple[Launch, ...]  # ready in the window, or still healthy
+
+    @property
+    def rate(self) -> float | None:
+        total = len(self.failures) + len(self.proven)
+        return None if total == 0 else len(self.failures) / total
+
+
+def _sample(snapshot: Snapshot, cfg: PolicyConfig, forgive_at: datetime | None) -> _Sample:
+    start = snapshot.now - timedelta(seconds=cfg.failure_window_sec)
+    failures: list[Launch] = []
+    proven: list[Launch] = []
+    for launch in snapshot.launches:
+        if counted_failure(launch):
+            assert launch.failed_at is not None
+            if launch.failed_at > start and (forgive_at is None or launch.failed_at > forgive_at):
+                failures.append(launch)
+        elif launch.failed_at is None and launch.ready_at is not None:
+            if launch.live or launch.ready_at > start:  # still healthy, or ready lately
+                proven.append(launch)
+    return _Sample(tuple(failures), tuple(proven))
+
+
+def _tripped(failed: int, proven: int, cfg: PolicyConfig) -> bool:
+    total = failed + proven
+    return total >= cfg.min_workers_for_rate_check and failed / total > cfg.max_worker_failure_rate
+
+
+def _rate_ok_for_open(failed: int, proven: int, cfg: PolicyConfig) -> bool:
+    """An open breaker closes by ageing only once the failures are gone or the
+    rate is back at or below the threshold on a full sample."""
+    total = failed + proven
+    if failed == 0:
+        return True
+    return total >= cfg.min_workers_for_rate_check and failed / total <= cfg.max_worker_failure_rate
+
+
+def _forgive_at(snapshot: Snapshot) -> datetime | None:
+    record = snapshot.breaker
+    times = [snapshot.controls.breaker_reset_at]
+    if (
+        record is not None
+        and record.state is BreakerState.CLOSED
+        and record.reason in _PROOF_CLOSES
+    ):
+        times.append(record.at)
+    present = [t for t in times if t is not None]
+    return max(present) if present else None
+
+
+def _ok_times(
+    sample: _Sample, now: datetime, cfg: PolicyConfig, open_rule: bool
+) -> tuple[tuple[datetime, ...], datetime | None]:
+    """When each counted failure leaves the window, and the first moment the rate
+    would be acceptable if nothing new happened (None: acceptable now)."""
+    window = timedelta(seconds=cfg.failure_window_sec)
+    leaving: list[tuple[datetime, bool]] = [
+        (f.failed_at + window, True) for f in sample.failures if f.failed_at
+    ]
+    leaving += [(p.ready_at + window, False) for p in sample.proven if not p.live and p.ready_at]
+    failed, proven = len(sample.failures), len(sample.proven)
+
+    def ok() -> bool:
+        if open_rule:
+            return _rate_ok_for_open(failed, proven, cfg)
+        return not _tripped(failed, proven, cfg)
+
+    aging_out = tuple(sorted(t for t, is_failure in leaving if is_failure))
+    if ok():
+        return aging_out, None
+    for at, is_failure in sorted(leaving):
+        if is_failure:
+            failed -= 1
+        else:
+            proven -= 1
+        if ok():
+            return aging_out, at
+    return aging_out, None
+
+
+def assess_breaker(snapshot: Snapshot, cfg: PolicyConfig) -> BreakerView:
+    """The breaker's state for this cycle, any transition to record, and its forecast."""
+    now = snapshot.now
+    record = snapshot.breaker
+    sample = _sample(snapshot, cfg, _forgive_at(snapshot))
+    failed, proven = len(sample.failures), len(sample.proven)
+    newest = max((f.failed_at for f in sample.failures if f.failed_at), default=None)
+    evidence = next(
+        (
+            launch.worker_id
+            for launch in sorted(snapshot.launches, key=Launch.order)
+            if newest is not None and launch.created_at > newest and proves(launch, now, cfg)
+        ),
+        None,
+    )
+    judged = (
+        _judge_open(snapshot, cfg, record, sample, evidence)
+        if record is not None and record.state is BreakerState.OPEN
+        else _judge_closed(snapshot, cfg, record, sample, evidence)
+    )
+    aging_out, rate_ok_at = _ok_times(sample, now, cfg, judged.state is not BreakerState.CLOSED)
+    by_reason = Counter(f.failure for f in sample.failures if f.failure is not None)
+    return BreakerView(
+        state=judged.state,
+        failed=failed,
+        proven=proven,
+        rate=sample.rate,
+        failures_by_reason=tuple(sorted(by_reason.items())),
+        tripped=_tripped(failed, proven, cfg),
+        evidence_worker=evidence,
+        probe_interval_sec=judged.interval,
+        next_probe_at=judged.next_probe_at,
+        probe_worker=judged.probe_worker,
+        probation=judged.probation,
+        booting_limit=judged.booting_limit,
+        aging_out=aging_out,
+        rate_ok_at=rate_ok_at,
+        transition=judged.transition,
+    )
+
+
+@dataclass(frozen=True)
+class _Judged:
+    state: BreakerState
+    interval: float
+    transition: BreakerTransition | None = None
+    next_probe_at: datetime | None = None
+    probe_worker: str | None = None
+    probation: bool = False
+    booting_limit: int | None = None
+
+
+def _open(reason: Reason, interval: float, now: datetime, message: str) -> _Judged:
+    return _Judged(
+        BreakerState.OPEN,
+        interval,
+        BreakerTransition(BreakerState.OPEN, reason, interval, message),
+        next_probe_at=now + timedelta(seconds=interval),
+        booting_limit=0,
+    )
+
+
+def _close(reason: Reason, interval: float, message: str) -> _Judged:
+    # A close on proof goes straight to slow start; one without proof (ageing out,
+    # operator reset) starts in probation.
+    probation = reason not in _PROOF_CLOSES
+    return _Judged(
+        BreakerState.CLOSED,
+        interval,
+        BreakerTransition(BreakerState.CLOSED, reason, interval, message),
+        probation=probation,
+        booting_limit=1 if probation else 2,
+    )
+
+
+def _doubled(interval: float, cfg: PolicyConfig) -> float:
+    return min(interval * 2, cfg.breaker_probe_max_interval_sec)
+
+
+def _judge_closed(
+    snapshot: Snapshot,
+    cfg: PolicyConfig,
+    record: BreakerRecord | None,
+    sample: _Sample,
+    evidence: str | None,
+) -> _Judged:
+    now = snapshot.now
+    base = cfg.breaker_probe_interval_sec
+    failed, proven = len(sample.failures), len(sample.proven)
+    recovering = record is not None and (now - record.at).total_seconds() < cfg.failure_window_sec
+    if record is not None and recovering:
+        closed_at = record.at
+        since = [launch for launch in snapshot.launches if launch.created_at > closed_at]
+        probation = record.reason not in _PROOF_CLOSES and not any(
+            proves(launch, now, cfg) for launch in since
+        )
+        if probation and any(counted_failure(launch) for launch in since):
+            interval = _doubled(record.probe_interval_sec, cfg)
+            return _open(
+                Reason.PROBATION_FAILED,
+                interval,
+                now,
+                "a worker launched after the breaker closed failed before any proved itself",
+            )
+        if _tripped(failed, proven, cfg) and evidence is None:
+            return _open(Reason.BREAKER_TRIPPED, base, now, _trip_message(failed, proven, cfg))
+        ready_since = sum(
+            1 for launch in since if launch.ready_at is not None and not counted_failure(launch)
+        )
+        limit = 1 if probation else max(2, 2 * ready_since)
+        return _Judged(
+            BreakerState.CLOSED, record.probe_interval_sec, probation=probation, booting_limit=limit
+        )
+    if _tripped(failed, proven, cfg) and evidence is None:
+        return _open(Reason.BREAKER_TRIPPED, base, now, _trip_message(failed, proven, cfg))
+    return _Judged(BreakerState.CLOSED, base)
+
+
+def _trip_message(failed: int, proven: int, cfg: PolicyConfig) -> str:
+    return (
+        f"{failed}/{failed + proven} workers failed in the last "
+        f"{cfg.failure_window_sec / 60:g} min (> {cfg.max_worker_failure_rate:.0%})"
+    )
+
+
+def _judge_open(
+    snapshot: Snapshot,
+    cfg: PolicyConfig,
+    record: BreakerRecord,
+    sample: _Sample,
+    evidence: str | None,
+) -> _Judged:
+    now = snapshot.now
+    interval = record.probe_interval_sec
+    reset_at = snapshot.controls.breaker_reset_at
+    probes = [
+        launch
+        for launch in snapshot.launches
+        if launch.probe and launch.created_at >= record.at and launch.failure is not Reason.CAPACITY
+    ]
+    probe = max(probes, key=Launch.order, default=None)
+    if reset_at is not None and reset_at > record.at:
+        return _close(Reason.OPERATOR_RESET, interval, "operator reset the breaker")
+    if probe is not None and proves(probe, now, cfg):
+        return _close(
+            Reason.PROBE_PROVEN,
+            cfg.breaker_probe_interval_sec,
+            f"probe {probe.worker_id} proved itself",
+        )
+    if evidence is not None:
+        return _close(
+            Reason.EVIDENCE,
+            cfg.breaker_probe_interval_sec,
+            f"{evidence}, spawned after the newest failure, proved itself",
+        )
+    if probe is not None and counted_failure(probe):
+        return _open(
+            Reason.PROBE_FAILED,
+            _doubled(interval, cfg),
+            now,
+            f"probe {probe.worker_id} failed ({probe.failure})",
+        )
+    if _rate_ok_for_open(len(sample.failures), len(sample.proven), cfg):
+        return _close(Reason.AGED_OUT, interval, "the failures left the window")
+    due = record.at + timedelta(seconds=interval)
+    in_flight = probe is not None and probe.live and probe.failed_at is None
+    if in_flight:
+        assert probe is not None
+        return _Judged(
+            BreakerState.HALF_OPEN,
+            interval,
+            next_probe_at=due,
+            probe_worker=probe.worker_id,
+            booting_limit=0,
+        )
+    if now >= due:
+        return _Judged(BreakerState.HALF_OPEN, interval, next_probe_at=due, booting_limit=0)
+    return _Judged(BreakerState.OPEN, interval, next_probe_at=due, booting_limit=0)

@@ -1,0 +1,38 @@
+"""Capacity backoff: an offering (GPU type x data center) that answered "no
+capacity" waits `CAPACITY_BACKOFF_SEC`, doubling per consecutive refusal up to
+`CAPACITY_BACKOFF_MAX_SEC`; a successful launch there resets it. Capacity errors
+are never worker failures."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from ..models import Launch, OfferingBackoff, PolicyConfig, Reason
+
+
+def offering_backoffs(
+    launches: tuple[Launch, ...], now: datetime, cfg: PolicyConfig
+) -> tuple[OfferingBackoff, ...]:
+    """The offerings backing off at `now`, in preference order."""
+    history: dict[str, list[Launch]] = {}
+    for launch in launches:
+        if launch.offering is not None:
+            history.setdefault(launch.offering, []).append(launch)
+    out: list[OfferingBackoff] = []
+    for offering in cfg.offerings:
+        refusals: list[Launch] = []
+        for launch in sorted(history.get(offering, ()), key=Launch.order):
+            if launch.pod_created:
+                refusals.clear()
+            elif launch.failure is Reason.CAPACITY:
+                refusals.append(launch)
+        if not refusals:
+            continue
+        last = refusals[-1]
+        wait = min(
+            cfg.capacity_backoff_sec * 2 ** (len(refusals) - 1), cfg.capacity_backoff_max_sec
+        )
+        until = (last.failed_at or last.created_at) + timedelta(seconds=wait)
+        if until > now:
+            out.append(OfferingBackoff(offering, len(refusals), until))
+    return tuple(out)
