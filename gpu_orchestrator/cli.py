@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sys
 from collections.abc import Coroutine
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +69,7 @@ def once() -> None:
         runtime = await open_runtime(settings)
         try:
             report = await runtime.orchestrator.run_cycle()
+            await runtime.orchestrator.release_lease()
         finally:
             await runtime.aclose()
         typer.echo(json.dumps(report.as_dict(), indent=2, default=str))
@@ -148,6 +152,85 @@ def demo(
     from .demo import run_demo
 
     raise typer.Exit(_run(run_demo(settings, tasks=tasks, max_gpus=max_gpus, data_dir=data_dir)))
+
+
+breaker_app = typer.Typer(help="The failure-rate breaker's operator levers.", no_args_is_help=True)
+app.add_typer(breaker_app, name="breaker")
+
+_REASON = typer.Option(..., "--reason", help="Why (recorded in the audit log).")
+_ACTOR = typer.Option(
+    None, "--actor", help="Who (recorded in the audit log). Default: $USER@hostname."
+)
+
+
+def _who(actor: str | None) -> str:
+    return actor or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
+
+
+def _record_lever(kind: str, reason: str, actor: str | None) -> None:
+    """Appends an audited operator event; the next cycle acts on it."""
+    if not reason.strip():
+        raise typer.BadParameter("--reason must say why", param_hint="--reason")
+    settings = _settings()
+
+    async def record() -> None:
+        from .runtime import migrate as apply
+        from .runtime import resolve_dsn
+        from .store.postgres import PostgresStore
+
+        dsn = await resolve_dsn(settings)
+        await apply(dsn)
+        store = await PostgresStore.connect(dsn, max_size=1)
+        try:
+            await store.record_event(kind, _who(actor), reason.strip())
+        finally:
+            await store.close()
+
+    _run(record())
+    typer.echo(f"recorded {kind} by {_who(actor)}: {reason.strip()}")
+
+
+@breaker_app.command("reset")
+def breaker_reset(reason: str = _REASON, actor: str | None = _ACTOR) -> None:
+    """Forgive every worker failure before now (audited).
+
+    An open breaker closes on the next cycle; recovery starts in probation (one
+    booting worker until a new worker proves itself)."""
+    _record_lever("breaker_reset", reason, actor)
+
+
+class SpawningLever(StrEnum):
+    pause = "pause"
+    resume = "resume"
+
+
+@app.command()
+def spawning(
+    lever: SpawningLever = typer.Argument(..., help="pause or resume"),
+    reason: str = _REASON,
+    actor: str | None = _ACTOR,
+) -> None:
+    """Pause or resume ordinary spawns (audited).
+
+    Breaker probes still run while paused; kill-switch stops those too."""
+    _record_lever(f"spawning_{lever.value}d", reason, actor)
+
+
+class Switch(StrEnum):
+    on = "on"
+    off = "off"
+
+
+@app.command("kill-switch")
+def kill_switch(
+    state: Switch = typer.Argument(..., help="on or off"),
+    reason: str = _REASON,
+    actor: str | None = _ACTOR,
+) -> None:
+    """Stop (on) or allow (off) every spawn, breaker probes included (audited).
+
+    Running workers are left alone."""
+    _record_lever(f"kill_switch_{state.value}", reason, actor)
 
 
 def main() -> None:

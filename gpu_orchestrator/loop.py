@@ -149,8 +149,12 @@ class Orchestrator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll_sec)
         finally:
-            with contextlib.suppress(OrchestratorError):
-                await self._store.release_lease(LEASE_NAME, self._holder)
+            await self.release_lease()
+
+    async def release_lease(self) -> None:
+        """Hands leadership back so a successor can lead at once (best effort)."""
+        with contextlib.suppress(OrchestratorError):
+            await self._store.release_lease(LEASE_NAME, self._holder)
 
 
 def _log_cycle(report: CycleReport) -> None:
