@@ -17,7 +17,8 @@ so a restarted orchestrator decides the same way.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ..models import (
@@ -63,11 +64,28 @@ class _Sample:
         return None if total == 0 else len(self.failures) / total
 
 
-def _sample(snapshot: Snapshot, cfg: PolicyConfig, forgive_at: datetime | None) -> _Sample:
-    start = snapshot.now - timedelta(seconds=cfg.failure_window_sec)
+def _with_failures_now(
+    launches: tuple[Launch, ...], failing: Mapping[str, Reason], now: datetime
+) -> tuple[Launch, ...]:
+    """Workers this cycle's plan fails count as failed now, so the breaker reacts
+    in the same cycle instead of spawning beside them."""
+    if not failing:
+        return launches
+    return tuple(
+        replace(launch, live=False, failed_at=now, failure=failing[launch.worker_id])
+        if launch.worker_id in failing and launch.failed_at is None
+        else launch
+        for launch in launches
+    )
+
+
+def _sample(
+    launches: tuple[Launch, ...], now: datetime, cfg: PolicyConfig, forgive_at: datetime | None
+) -> _Sample:
+    start = now - timedelta(seconds=cfg.failure_window_sec)
     failures: list[Launch] = []
     proven: list[Launch] = []
-    for launch in snapshot.launches:
+    for launch in launches:
         if counted_failure(launch):
             assert launch.failed_at is not None
             if launch.failed_at > start and (forgive_at is None or launch.failed_at > forgive_at):
@@ -135,25 +153,29 @@ def _ok_times(
     return aging_out, None
 
 
-def assess_breaker(snapshot: Snapshot, cfg: PolicyConfig) -> BreakerView:
-    """The breaker's state for this cycle, any transition to record, and its forecast."""
+def assess_breaker(
+    snapshot: Snapshot, cfg: PolicyConfig, failing: Mapping[str, Reason] | None = None
+) -> BreakerView:
+    """The breaker's state for this cycle, any transition to record, and its forecast.
+    `failing`: workers this cycle fails, with their reasons."""
     now = snapshot.now
     record = snapshot.breaker
-    sample = _sample(snapshot, cfg, _forgive_at(snapshot))
+    launches = _with_failures_now(snapshot.launches, failing or {}, now)
+    sample = _sample(launches, now, cfg, _forgive_at(snapshot))
     failed, proven = len(sample.failures), len(sample.proven)
     newest = max((f.failed_at for f in sample.failures if f.failed_at), default=None)
     evidence = next(
         (
             launch.worker_id
-            for launch in sorted(snapshot.launches, key=Launch.order)
+            for launch in sorted(launches, key=Launch.order)
             if newest is not None and launch.created_at > newest and proves(launch, now, cfg)
         ),
         None,
     )
     judged = (
-        _judge_open(snapshot, cfg, record, sample, evidence)
+        _judge_open(launches, snapshot, cfg, record, sample, evidence)
         if record is not None and record.state is BreakerState.OPEN
-        else _judge_closed(snapshot, cfg, record, sample, evidence)
+        else _judge_closed(launches, snapshot, cfg, record, sample, evidence)
     )
     aging_out, rate_ok_at = _ok_times(sample, now, cfg, judged.state is not BreakerState.CLOSED)
     by_reason = Counter(f.failure for f in sample.failures if f.failure is not None)
@@ -215,6 +237,7 @@ def _doubled(interval: float, cfg: PolicyConfig) -> float:
 
 
 def _judge_closed(
+    launches: tuple[Launch, ...],
     snapshot: Snapshot,
     cfg: PolicyConfig,
     record: BreakerRecord | None,
@@ -227,7 +250,8 @@ def _judge_closed(
     recovering = record is not None and (now - record.at).total_seconds() < cfg.failure_window_sec
     if record is not None and recovering:
         closed_at = record.at
-        since = [launch for launch in snapshot.launches if launch.created_at > closed_at]
+        # Launches of the closing cycle itself belong to the recovery.
+        since = [launch for launch in launches if launch.created_at >= closed_at]
         probation = record.reason not in _PROOF_CLOSES and not any(
             proves(launch, now, cfg) for launch in since
         )
@@ -261,6 +285,7 @@ def _trip_message(failed: int, proven: int, cfg: PolicyConfig) -> str:
 
 
 def _judge_open(
+    launches: tuple[Launch, ...],
     snapshot: Snapshot,
     cfg: PolicyConfig,
     record: BreakerRecord,
@@ -272,7 +297,7 @@ def _judge_open(
     reset_at = snapshot.controls.breaker_reset_at
     probes = [
         launch
-        for launch in snapshot.launches
+        for launch in launches
         if launch.probe and launch.created_at >= record.at and launch.failure is not Reason.CAPACITY
     ]
     probe = max(probes, key=Launch.order, default=None)

@@ -43,7 +43,8 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
     busy = sum(1 for w in serving if holds.get(w.id))
     demand = queue_demand(snapshot.queue, busy, cfg)
     desired = desired_workers(demand, cfg)
-    breaker = assess_breaker(snapshot, cfg)
+    failing = {a.worker_id: a.reason for a in health if a.kind is ActionKind.FAIL and a.worker_id}
+    breaker = assess_breaker(snapshot, cfg, failing)
     backoffs = offering_backoffs(snapshot.launches, snapshot.now, cfg)
     open_offerings = [o for o in cfg.offerings if o not in {b.offering for b in backoffs}]
 

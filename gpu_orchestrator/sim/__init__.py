@@ -1,0 +1,1 @@
+"""Discrete-time simulation over the real policy (see `fleet`)."""

@@ -1,0 +1,141 @@
+"""Properties of the breaker over generated histories, and its spend under a
+permanent outage replayed with the simulator."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from policy_builders import T0, config, snap
+
+from gpu_orchestrator.models import FAILURE_REASONS, BreakerState, Launch, Reason
+from gpu_orchestrator.policy import decide
+from gpu_orchestrator.policy.breaker import assess_breaker
+from gpu_orchestrator.sim.fleet import SimFleet
+
+CFG = config(
+    max_worker_failure_rate=0.8,
+    failure_window_sec=1800.0,
+    min_workers_for_rate_check=5,
+    breaker_probe_interval_sec=300.0,
+    breaker_probe_max_interval_sec=3600.0,
+    breaker_evidence_sec=300.0,
+    offerings=("A", "B"),
+)
+
+REASONS = sorted(FAILURE_REASONS | {Reason.CAPACITY, Reason.MANUAL, Reason.ORPHAN}, key=str)
+
+
+@st.composite
+def launches(draw: st.DrawFn, count: int = 30) -> tuple[Launch, ...]:
+    out = []
+    for i in range(draw(st.integers(0, count))):
+        created = T0 - timedelta(seconds=draw(st.floats(0, 7200)))
+        ready = draw(st.one_of(st.none(), st.floats(0, 600)))
+        ready_at = None if ready is None else min(T0, created + timedelta(seconds=ready))
+        ended = draw(st.booleans())
+        failure = draw(st.sampled_from(REASONS)) if ended else None
+        failed_at = (
+            min(T0, created + timedelta(seconds=draw(st.floats(0, 1200)))) if ended else None
+        )
+        out.append(
+            Launch(
+                worker_id=f"w{i:03d}",
+                created_at=created,
+                offering=draw(st.sampled_from(["A", "B"])),
+                probe=draw(st.booleans()),
+                pod_created=failure is not Reason.CAPACITY,
+                live=not ended and draw(st.booleans()),
+                ready_at=None if failure is Reason.CAPACITY else ready_at,
+                failed_at=failed_at,
+                failure=failure,
+                task_caused=draw(st.booleans()) if ended else False,
+                tasks_completed=draw(st.integers(0, 3)),
+            )
+        )
+    return tuple(out)
+
+
+def capacity_refusals(n: int) -> tuple[Launch, ...]:
+    return tuple(
+        Launch(
+            f"cap{i}",
+            T0 - timedelta(seconds=10 * i),
+            "A",
+            False,
+            False,
+            False,
+            None,
+            T0 - timedelta(seconds=10 * i),
+            Reason.CAPACITY,
+            False,
+        )
+        for i in range(n)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(history=launches(), refusals=st.integers(1, 40))
+def test_capacity_errors_never_change_the_rate(history, refusals):
+    before = assess_breaker(replace(snap(queued=3), launches=history), CFG)
+    after = assess_breaker(
+        replace(snap(queued=3), launches=history + capacity_refusals(refusals)), CFG
+    )
+    assert (after.failed, after.proven, after.rate) == (before.failed, before.proven, before.rate)
+    assert after.state is before.state
+
+
+@settings(max_examples=200, deadline=None)
+@given(history=launches(count=12), queued=st.integers(0, 50))
+def test_a_closed_breaker_never_blocks_on_fewer_outcomes_than_the_minimum(history, queued):
+    view = assess_breaker(replace(snap(queued=queued), launches=history), CFG)
+    if view.failed + view.proven < CFG.min_workers_for_rate_check:
+        assert view.state is BreakerState.CLOSED
+        plan = decide(replace(snap(queued=queued), launches=history), CFG)
+        assert Reason.BREAKER_OPEN not in plan.held_back
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=launches(), queued=st.integers(0, 100))
+def test_decide_is_deterministic_with_history(history, queued):
+    s = replace(snap(queued=queued), launches=history)
+    assert decide(s, CFG) == decide(replace(s, launches=tuple(history)), CFG)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    interval=st.sampled_from([60.0, 300.0, 900.0]),
+    boot_timeout=st.sampled_from([300.0, 600.0]),
+    max_gpus=st.integers(2, 10),
+    poll=st.sampled_from([15.0, 30.0]),
+)
+def test_permanent_outage_launches_stay_under_the_stated_bound(
+    interval, boot_timeout, max_gpus, poll
+):
+    """No pod ever boots and tasks always wait. Until the breaker trips the fleet
+    relaunches at most MAX_ACTIVE_GPUS per boot deadline; once it has tripped every
+    launch is a probe or a probation launch, at least min(probe interval, window)
+    + boot deadline apart: at most 3600 / (min(interval, window) + boot deadline)
+    + 1 launches per hour. (The fleet must be able to fail the minimum sample
+    within one window for the breaker to trip: here 2 GPUs x 30 min / 10 min >= 5.)"""
+    cfg = replace(
+        CFG,
+        max_active_gpus=max_gpus,
+        max_spawns_per_cycle=max_gpus,
+        spawning_timeout_sec=boot_timeout,
+        breaker_probe_interval_sec=interval,
+    )
+    window = cfg.failure_window_sec
+    assert max_gpus * (window // boot_timeout) >= cfg.min_workers_for_rate_check
+    sim = SimFleet(cfg, T0, boots=lambda _at: False, queued=100)
+    hours = 8
+    for _ in range(int(hours * 3600 / poll)):
+        sim.step(poll)
+    per_hour = sim.launches_per_hour(T0, hours)
+    bound = math.floor(3600 / (min(interval, window) + boot_timeout)) + 1
+    before_trip = max_gpus * (math.ceil(window / boot_timeout) + 1)
+    assert per_hour[0] <= before_trip + bound
+    assert all(n <= bound for n in per_hour[2:]), (per_hour, bound)
