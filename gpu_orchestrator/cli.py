@@ -145,13 +145,27 @@ def demo(
     tasks: int = typer.Option(40, min=1, max=1000, help="Demo tasks to enqueue."),
     max_gpus: int = typer.Option(4, min=1, max=16, help="MAX_ACTIVE_GPUS for the demo."),
     data_dir: Path | None = typer.Option(None, help="Where the embedded Postgres lives."),
+    scenario: str = typer.Option(
+        "scale",
+        help="scale: a batch up and down. boot-failures: the seed runbook's story, a broken "
+        "image trips the breaker, a probe succeeds once it is fixed, spawning ramps back.",
+    ),
 ) -> None:
     """Spawn local workers for a batch of demo tasks on an embedded Postgres, watch
     them drain the queue, then scale back down. Never touches DATABASE_URL."""
     settings = _settings()
-    from .demo import run_demo
+    from .demo import Scenario, run_demo
 
-    raise typer.Exit(_run(run_demo(settings, tasks=tasks, max_gpus=max_gpus, data_dir=data_dir)))
+    try:
+        chosen = Scenario(scenario)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{scenario!r}: accepted: {', '.join(s.value for s in Scenario)}",
+            param_hint="--scenario",
+        ) from None
+    raise typer.Exit(
+        _run(run_demo(settings, tasks=tasks, max_gpus=max_gpus, data_dir=data_dir, scenario=chosen))
+    )
 
 
 breaker_app = typer.Typer(help="The failure-rate breaker's operator levers.", no_args_is_help=True)

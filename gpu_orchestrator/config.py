@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     runpod_gpu_types: Annotated[tuple[str, ...], NoDecode] = ()
     runpod_gpu_type: str | None = None
     runpod_data_center_ids: Annotated[tuple[str, ...], NoDecode] = ()
+    # the local pod's entrypoint (a shell command); unset: `python -m gpu_orchestrator worker`
+    local_worker_command: str | None = None
 
     # scaling
     min_active_gpus: NonNegInt = 0

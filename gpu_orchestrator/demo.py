@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shlex
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from rich.console import Console
 from rich.live import Live
 
 from .config import Settings
+from .loop import CycleReport
+from .models import BreakerState
 from .ops.fleet_view import FleetView
 from .providers.local import LocalProvider
 from .runtime import open_runtime
@@ -30,30 +34,58 @@ DEMO_DATABASE = "gpuorch_demo"
 TIME_LIMIT_SEC = 110.0
 
 
-def demo_settings(settings: Settings, max_gpus: int, data_dir: Path) -> Settings:
+class Scenario(StrEnum):
+    SCALE = "scale"  # spawn for a batch, drain it, scale down
+    BOOT_FAILURES = "boot-failures"  # the seed runbook's story: a broken image, then a fix
+
+
+def demo_settings(
+    settings: Settings, max_gpus: int, data_dir: Path, scenario: Scenario = Scenario.SCALE
+) -> Settings:
     """Short timings so a whole scale-up and scale-down fits in a minute."""
-    return settings.model_copy(
-        update={
-            "database_url": None,
-            "orchestrator_data_dir": data_dir / "demo",
-            "orchestrator_provider": "local",
-            "orchestrator_id": "demo",
-            "worker_name_prefix": "demo",
-            "min_active_gpus": 0,
-            "max_active_gpus": max_gpus,
-            "tasks_per_gpu_threshold": 4,
-            "machines_to_keep_idle": 0,
-            "gpu_overcapacity_idle_timeout_sec": 3.0,
-            "min_worker_lifetime_sec": 0.0,
-            "spawning_timeout_sec": 60.0,
-            "gpu_idle_timeout_sec": 20.0,
-            "orchestrator_poll_sec": 1.0,
-            "leader_lease_sec": 10.0,
-            "worker_heartbeat_sec": 1.0,
-            "worker_poll_sec": 0.5,
-            "worker_task_command": None,
-        }
-    )
+    update: dict[str, object] = {
+        "database_url": None,
+        "orchestrator_data_dir": data_dir / "demo",
+        "orchestrator_provider": "local",
+        "local_worker_command": None,
+        "orchestrator_id": "demo",
+        "worker_name_prefix": "demo",
+        "min_active_gpus": 0,
+        "max_active_gpus": max_gpus,
+        "tasks_per_gpu_threshold": 4,
+        "machines_to_keep_idle": 0,
+        "gpu_overcapacity_idle_timeout_sec": 3.0,
+        "min_worker_lifetime_sec": 0.0,
+        "spawning_timeout_sec": 60.0,
+        "gpu_idle_timeout_sec": 20.0,
+        "orchestrator_poll_sec": 1.0,
+        "leader_lease_sec": 10.0,
+        "worker_heartbeat_sec": 1.0,
+        "worker_poll_sec": 0.5,
+        "worker_task_command": None,
+    }
+    if scenario is Scenario.BOOT_FAILURES:
+        fault = data_dir / "demo" / "image-is-broken"
+        update.update(
+            # The "image": exits before its first heartbeat while the fault file exists.
+            local_worker_command=(
+                f"if [ -e {shlex.quote(str(fault))} ]; then "
+                "echo 'demo: image broken, exiting before the first heartbeat' >&2; exit 1; fi; "
+                f"exec {shlex.quote(sys.executable)} -m gpu_orchestrator worker"
+            ),
+            spawning_timeout_sec=4.0,
+            failure_window_minutes=2.0,
+            min_workers_for_rate_check=3,
+            max_worker_failure_rate=0.8,
+            breaker_probe_interval_sec=4.0,
+            breaker_probe_max_interval_sec=16.0,
+            breaker_evidence_sec=3.0,
+        )
+    return settings.model_copy(update=update)
+
+
+def fault_file(cfg: Settings) -> Path:
+    return cfg.orchestrator_data_dir / "image-is-broken"
 
 
 def demo_tasks(count: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -81,12 +113,18 @@ async def _terminate_all(provider: LocalProvider) -> None:
 
 
 async def run_demo(
-    settings: Settings, *, tasks: int, max_gpus: int, data_dir: Path | None = None
+    settings: Settings,
+    *,
+    tasks: int,
+    max_gpus: int,
+    data_dir: Path | None = None,
+    scenario: Scenario = Scenario.SCALE,
 ) -> int:
     """Returns the exit code: 0 when the queue drained and the fleet scaled down."""
     root = data_dir or settings.orchestrator_data_dir
-    cfg = demo_settings(settings, max_gpus, root)
-    provider = LocalProvider(cfg.orchestrator_data_dir)
+    cfg = demo_settings(settings, max_gpus, root, scenario)
+    provider = LocalProvider(cfg.orchestrator_data_dir, cfg.local_worker_command)
+    fault = _Fault(fault_file(cfg), armed=scenario is Scenario.BOOT_FAILURES)
     await _terminate_all(provider)  # a demo interrupted earlier may have left pods
     dsn = await _fresh_database(root)
     runtime = await open_runtime(cfg, dsn=dsn, provider=provider)
@@ -106,6 +144,8 @@ async def run_demo(
                 )
                 counts = await runtime.store.task_counts()
                 elapsed = time.monotonic() - started
+                if fault.update(report):
+                    view.note(f"{elapsed:6.1f}s fault cleared: the image boots again")
                 view.update(report, counts, elapsed)
                 if console.is_terminal:
                     live.update(view.renderable())
@@ -117,6 +157,7 @@ async def run_demo(
                     await asyncio.wait_for(stop.wait(), cfg.orchestrator_poll_sec)
         counts = await runtime.store.task_counts()
     finally:
+        fault.clear()
         await _terminate_all(provider)
         await runtime.aclose()
     elapsed = time.monotonic() - started
@@ -130,7 +171,38 @@ async def run_demo(
     return 0 if ok else 1
 
 
-def _finished(report: Any, counts: dict[str, int], min_gpus: int) -> bool:
+class _Fault:
+    """The boot-failures scenario's broken image: in place until the breaker has
+    been open for `HOLD_SEC` (long enough to see a probe fail), then fixed."""
+
+    HOLD_SEC = 10.0
+
+    def __init__(self, path: Path, armed: bool) -> None:
+        self._path = path
+        self._opened_at: float | None = None
+        self.active = armed
+        if armed:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def update(self, report: CycleReport) -> bool:
+        """True on the cycle that clears the fault."""
+        breaker = report.plan.breaker if report.plan is not None else None
+        if not self.active or breaker is None:
+            return False
+        if breaker.state is not BreakerState.CLOSED and self._opened_at is None:
+            self._opened_at = time.monotonic()
+        if self._opened_at is not None and time.monotonic() - self._opened_at >= self.HOLD_SEC:
+            self.clear()
+            return True
+        return False
+
+    def clear(self) -> None:
+        self.active = False
+        self._path.unlink(missing_ok=True)
+
+
+def _finished(report: CycleReport, counts: dict[str, int], min_gpus: int) -> bool:
     snap = report.snapshot
     if snap is None:
         return False

@@ -39,7 +39,7 @@ async def migrate(dsn: str) -> list[str]:
 
 def build_provider(settings: Settings) -> Provider:
     if settings.provider_name == "local":
-        return LocalProvider(settings.orchestrator_data_dir)
+        return LocalProvider(settings.orchestrator_data_dir, settings.local_worker_command)
     raise SettingsError(
         f"ORCHESTRATOR_PROVIDER={settings.provider_name}: not supported by this version; "
         "accepted: local"

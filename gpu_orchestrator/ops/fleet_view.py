@@ -35,6 +35,31 @@ class FleetView:
                 f"{elapsed:6.1f}s {r.kind.value:<15} {r.reason.value:<14} {who}{failed}"
             )
 
+    def note(self, line: str) -> None:
+        self._recent.append(line)
+
+    def breaker_line(self) -> str:
+        plan = self._report.plan if self._report is not None else None
+        if plan is None or plan.breaker is None:
+            return "breaker: unknown"
+        b = plan.breaker
+        rate = "-" if b.rate is None else f"{b.rate:.0%} ({b.failed}/{b.failed + b.proven})"
+        reasons = ", ".join(f"{r.value} x{n}" for r, n in b.failures_by_reason)
+        line = f"breaker: {b.state.value} rate {rate}"
+        if reasons:
+            line += f" [{reasons}]"
+        if b.state.value != "closed" and b.next_probe_at is not None:
+            line += f"; next probe at {b.next_probe_at:%H:%M:%S}"
+        if b.probe_worker:
+            line += f"; probe {b.probe_worker} booting"
+        if b.rate_ok_at is not None:
+            line += f"; rate acceptable by {b.rate_ok_at:%H:%M:%S} if nothing changes"
+        if b.booting_limit is not None and b.state.value == "closed":
+            line += f"; recovery ramp: {b.booting_limit} booting at most"
+        if plan.held_back:
+            line += f"; held back: {', '.join(r.value for r in plan.held_back)}"
+        return line
+
     def queue_line(self) -> str:
         c = self._counts
         return (
@@ -54,7 +79,7 @@ class FleetView:
         done = " ".join(f"{k}x{v}" for k, v in sorted(acts.items())) or "-"
         return (
             f"[{self._elapsed:6.1f}s] {report.outcome:<7} {self.queue_line()} "
-            f"workers: {fleet} actions: {done}"
+            f"workers: {fleet} actions: {done} | {self.breaker_line()}"
         )
 
     def renderable(self) -> Group:
@@ -63,7 +88,7 @@ class FleetView:
         if report is not None and report.plan is not None:
             p = report.plan
             header += f"  desired={p.desired_workers} capacity={p.capacity}"
-        parts: list[Panel | Table] = [Panel(header)]
+        parts: list[Panel | Table] = [Panel(f"{header}\n{self.breaker_line()}")]
         if report is not None and report.snapshot is not None:
             parts.append(_workers_table(report.snapshot))
         parts.append(Panel("\n".join(self._recent) or "(no actions yet)", title="recent actions"))

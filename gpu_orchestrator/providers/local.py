@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 from ..errors import ProviderError
 from .base import Pod, PodSpec
@@ -50,9 +51,10 @@ def _signal_zero(pid: int) -> str | None:
 class LocalProvider:
     name = "local"
 
-    def __init__(self, data_dir: Path, python: str = sys.executable) -> None:
+    def __init__(self, data_dir: Path, command: str | None = None) -> None:
         self._dir = data_dir / "pods"
-        self._python = python
+        # The "image": what a pod runs. None runs this Python's worker agent.
+        self._command = command
         # Our own children, kept so their exit is reaped (no zombies).
         self._children: dict[str, asyncio.subprocess.Process] = {}
 
@@ -67,8 +69,9 @@ class LocalProvider:
         return record if isinstance(record, dict) else None
 
     def _alive(self, record: dict[str, object]) -> bool:
-        pid = record.get("pid")
-        return isinstance(pid, int) and _start_time(pid) == record.get("started")
+        pid, started = record.get("pid"), record.get("started")
+        # No start time recorded: it had exited before we could read one.
+        return isinstance(pid, int) and started is not None and _start_time(pid) == started
 
     async def create_pod(self, spec: PodSpec) -> Pod:
         if self._record_path(spec.worker_id).exists():
@@ -79,23 +82,27 @@ class LocalProvider:
         try:
             log_path = self._dir / f"{spec.worker_id}.log"
             with await asyncio.to_thread(open, log_path, "ab") as log:
-                proc = await asyncio.create_subprocess_exec(
-                    self._python,
-                    "-m",
-                    "gpu_orchestrator",
-                    "worker",
-                    env={**os.environ, **spec.env},
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,  # survives the orchestrator; own process group
-                )
+                proc = await self._start(spec, log)
         except OSError as exc:
             raise ProviderError(f"could not start local worker {spec.worker_id}: {exc}") from exc
         self._children[spec.worker_id] = proc
         record = {"pid": proc.pid, "started": _start_time(proc.pid), "name": spec.worker_id}
         self._record_path(spec.worker_id).write_text(json.dumps(record))
         return Pod(pod_id=spec.worker_id, name=spec.worker_id, running=True, cost_per_hr=0.0)
+
+    async def _start(self, spec: PodSpec, log: IO[bytes]) -> asyncio.subprocess.Process:
+        options: dict[str, Any] = {
+            "env": {**os.environ, **spec.env},
+            "stdin": asyncio.subprocess.DEVNULL,
+            "stdout": log,
+            "stderr": asyncio.subprocess.STDOUT,
+            "start_new_session": True,  # survives the orchestrator; its own process group
+        }
+        if self._command:
+            return await asyncio.create_subprocess_shell(self._command, **options)
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gpu_orchestrator", "worker", **options
+        )
 
     async def _find(self, worker_id: str) -> Pod | None:
         record = self._read(worker_id)
