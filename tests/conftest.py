@@ -11,11 +11,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from gpu_orchestrator.runtime import Runtime, open_runtime
 from gpu_orchestrator.store.embedded import with_database
 from gpu_orchestrator.store.migrate import apply_migrations
 from gpu_orchestrator.store.postgres import PostgresStore
@@ -86,3 +88,22 @@ async def store(dsn: str) -> AsyncIterator[PostgresStore]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture
+async def make_runtime(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Runtime]]]:
+    """Opens runtimes with fast settings; terminates every pod they left at the end."""
+    from e2e_support import fast_settings
+
+    opened: list[Runtime] = []
+
+    async def make(dsn: str, **overrides: object) -> Runtime:
+        runtime = await open_runtime(fast_settings(dsn, tmp_path / "orch", **overrides))
+        opened.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in opened:  # never leak a worker process, whatever the test did
+        for pod in await runtime.provider.list_pods():
+            await runtime.provider.terminate_pod(pod.name, pod.pod_id)
+        await runtime.aclose()
