@@ -151,9 +151,13 @@ def demo(
         "image trips the breaker, a probe succeeds once it is fixed, spawning ramps back.",
     ),
 ) -> None:
-    """Spawn local workers for a batch of demo tasks on an embedded Postgres, watch
-    them drain the queue, then scale back down. Never touches DATABASE_URL."""
+    """Spawn local workers for demo tasks on an embedded Postgres and watch them.
+
+    The queue drains, then the fleet scales back down. Never touches DATABASE_URL.
+    Logs are quiet (warnings only) unless LOG_LEVEL is set."""
     settings = _settings()
+    if "LOG_LEVEL" not in os.environ:
+        configure_logging(settings.log_format, "WARNING")
     from .demo import Scenario, run_demo
 
     try:

@@ -145,7 +145,10 @@ async def run_demo(
                 counts = await runtime.store.task_counts()
                 elapsed = time.monotonic() - started
                 if fault.update(report):
-                    view.note(f"{elapsed:6.1f}s fault cleared: the image boots again")
+                    note = f"{elapsed:6.1f}s fault cleared: the image boots again"
+                    view.note(note)
+                    if not console.is_terminal:
+                        print(note, flush=True)
                 view.update(report, counts, elapsed)
                 if console.is_terminal:
                     live.update(view.renderable())
