@@ -60,7 +60,8 @@ async def dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test."""
     name = f"gpo_t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_admin_dsn)
-    await admin.execute(f'create database "{name}" template "{template_db}"')
+    # file_copy: a small template copies faster than the WAL-logged default
+    await admin.execute(f'create database "{name}" template "{template_db}" strategy file_copy')
     try:
         yield with_database(pg_admin_dsn, name)
     finally:

@@ -22,9 +22,10 @@ begin
 end
 $$;
 
--- A worker-supplied timestamp that does not parse is dropped, not fatal.
+-- A worker-supplied timestamp that does not parse is dropped, not fatal. Stable,
+-- not immutable: the text -> timestamptz cast reads TimeZone and accepts 'now'.
 create or replace function orch_try_timestamptz(value text) returns timestamptz
-language plpgsql immutable as $$
+language plpgsql stable as $$
 begin
     return value::timestamptz;
 exception when others then
@@ -99,7 +100,7 @@ begin
         termination_reason = case when next = 'error' and prev <> 'error'
                                   then 'crashed' else termination_reason end,
         failed_at = case when next = 'error' and prev <> 'error' then now() else failed_at end,
-        metadata = metadata || jsonb_strip_nulls(jsonb_build_object(
+        metadata = coalesce(metadata, '{}'::jsonb) || jsonb_strip_nulls(jsonb_build_object(
             'vram_total_mb', vram_total_mb_param,
             'vram_used_mb', vram_used_mb_param,
             'current_task_id', current_task_id_param))
@@ -191,7 +192,8 @@ begin
           and (task_id_param is null or id = task_id_param)
         for update
     loop
-        lost := case when holder_died_param then t.lost_by || worker_id_param else t.lost_by end;
+        lost := case when holder_died_param and worker_id_param is not null
+                     then t.lost_by || worker_id_param else t.lost_by end;
         if holder_died_param and cardinality(lost) >= quarantine_after_param then
             update tasks
             set status = 'Failed', attempts = attempts + 1, lost_by = lost,

@@ -1,0 +1,274 @@
+"""The migrations against a real Postgres: fresh installs, reruns, concurrent runs,
+the function names the stores call, and upgrades of a Headless-Wan2GP database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+import gpu_orchestrator
+from gpu_orchestrator.models import Reason, WorkerStatus
+from gpu_orchestrator.store.migrate import _LOCK_ID, apply_migrations, migration_files
+from gpu_orchestrator.store.postgres import PostgresStore
+
+ALL_VERSIONS = [version for version, _ in migration_files()]
+STORE_DIR = Path(gpu_orchestrator.__file__).parent / "store"
+# An SQL function called from Python: `orch_...(` or `func_...(`, inside a query string.
+CALLED_FUNCTION = re.compile(r"\b((?:orch|func)_[a-z0-9_]+)\s*\(")
+
+
+async def _ledger(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch("select version from orchestrator_migrations order by version")
+    return [r["version"] for r in rows]
+
+
+async def test_migrations_apply_on_an_empty_database_and_a_rerun_applies_nothing(
+    empty_dsn: str,
+) -> None:
+    assert ALL_VERSIONS[:2] == ["0001_schema", "0002_functions"]
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        assert await apply_migrations(conn) == ALL_VERSIONS
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch(
+                "select tablename from pg_tables where schemaname = current_schema()"
+            )
+        }
+        assert {"tasks", "workers", "worker_events", "system_logs", "orchestrator_leases"} <= tables
+
+        assert await apply_migrations(conn) == []
+        assert await _ledger(conn) == ALL_VERSIONS
+    finally:
+        await conn.close()
+
+
+async def _advisory_waiters(conn: asyncpg.Connection) -> int:
+    return int(
+        await conn.fetchval(
+            """select count(*) from pg_locks
+               where locktype = 'advisory' and not granted
+                 and database = (select oid from pg_database where datname = current_database())"""
+        )
+    )
+
+
+async def test_two_processes_migrating_at_once_both_succeed_and_record_each_version_once(
+    empty_dsn: str,
+) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_dsn, "LOG_FORMAT": "json"}
+    holder = await asyncpg.connect(empty_dsn)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        # Hold the migration lock so both processes are provably inside
+        # `apply_migrations` at the same time before either may proceed.
+        await holder.execute("select pg_advisory_lock($1)", _LOCK_ID)
+        for _ in range(2):
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "gpu_orchestrator",
+                    "migrate",
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            )
+        deadline = time.monotonic() + 20
+        for _ in range(2000):  # until both wait on the lock, one exits, or the deadline
+            if (
+                await _advisory_waiters(holder) >= 2
+                or any(p.returncode is not None for p in procs)
+                or time.monotonic() > deadline
+            ):
+                break
+            await asyncio.sleep(0.02)
+        waiting = await _advisory_waiters(holder)
+        await holder.execute("select pg_advisory_unlock($1)", _LOCK_ID)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(p.communicate() for p in procs)), timeout=30
+        )
+        for proc, (_, err) in zip(procs, results, strict=True):
+            assert proc.returncode == 0, err.decode()
+        assert waiting == 2, "both processes should wait on the migration lock together"
+        outputs = sorted(out.decode().strip() for out, _ in results)
+        assert outputs == ["applied: " + ", ".join(ALL_VERSIONS), "database is up to date"]
+        assert await _ledger(holder) == ALL_VERSIONS
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await holder.close()
+
+
+def _functions_the_stores_call() -> set[str]:
+    names: set[str] = set()
+    for source in STORE_DIR.glob("*.py"):
+        names.update(CALLED_FUNCTION.findall(source.read_text(encoding="utf-8")))
+    return names
+
+
+async def test_every_sql_function_the_stores_call_exists_after_migrating(dsn: str) -> None:
+    called = _functions_the_stores_call()
+    # The parse itself must work, or this test would check nothing.
+    assert {
+        "orch_snapshot",
+        "orch_transition_worker",
+        "orch_release_tasks",
+        "orch_acquire_lease",
+        "func_claim_available_task",
+        "func_worker_heartbeat_with_logs",
+        "func_mark_task_complete",
+        "func_mark_task_failed",
+    } <= called
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """select p.proname from pg_proc p
+               join pg_namespace n on n.oid = p.pronamespace
+               where n.nspname = current_schema() and p.proname = any($1::text[])""",
+            sorted(called),
+        )
+    finally:
+        await conn.close()
+    assert called - {r["proname"] for r in rows} == set()
+
+
+async def test_no_function_of_ours_claims_to_be_immutable(dsn: str) -> None:
+    # Each reads tables, the clock or TimeZone; `immutable` would let the planner
+    # fold a call into a constant.
+    conn = await asyncpg.connect(dsn)
+    try:
+        immutable = await conn.fetch(
+            """select p.proname from pg_proc p
+               join pg_namespace n on n.oid = p.pronamespace
+               where n.nspname = current_schema() and p.provolatile = 'i'
+                 and (p.proname like 'orch\\_%' or p.proname like 'func\\_%')"""
+        )
+    finally:
+        await conn.close()
+    assert [r["proname"] for r in immutable] == []
+
+
+LEGACY_SCHEMA = """
+create type task_status as enum ('Queued', 'In Progress', 'Complete', 'Failed', 'Cancelled');
+create table tasks (
+    id uuid primary key default gen_random_uuid(),
+    task_type text,
+    params jsonb,
+    status task_status default 'Queued',
+    created_at timestamptz default now()
+);
+create table workers (
+    id text primary key,
+    status text,
+    last_heartbeat timestamptz,
+    metadata jsonb default '{}',
+    created_at timestamptz default now()
+);
+insert into workers (id, status, last_heartbeat)
+    values ('legacy-1', 'inactive', now() - interval '3 days');
+create function func_claim_available_task(worker_id_param text) returns jsonb
+language sql as $$ select '{"legacy": true}'::jsonb $$;
+insert into tasks (task_type, params, created_at) values
+    ('travel', '{"n": 1}', now() - interval '3 minutes'),
+    ('travel', '{"n": 2}', now() - interval '2 minutes'),
+    ('travel', '{"n": 3}', now() - interval '1 minute');
+insert into tasks (task_type, params, status) values ('travel', '{"n": 0}', 'Complete');
+"""
+
+
+async def test_migrating_a_headless_wan2gp_database_keeps_its_rows_and_works_with_the_enum(
+    empty_dsn: str,
+) -> None:
+    conn = await asyncpg.connect(empty_dsn)
+    store: PostgresStore | None = None
+    try:
+        await conn.execute(LEGACY_SCHEMA)
+        before = await conn.fetch("select id, status::text from tasks order by created_at")
+
+        assert await apply_migrations(conn) == ALL_VERSIONS
+
+        after = await conn.fetch("select id, status::text from tasks order by created_at")
+        assert [tuple(r) for r in after] == [tuple(r) for r in before]
+        assert (
+            await conn.fetchval(
+                "select format_type(atttypid, atttypmod) from pg_attribute "
+                "where attrelid = 'tasks'::regclass and attname = 'status'"
+            )
+            == "task_status"
+        )
+        assert await conn.fetchval("select status from workers where id = 'legacy-1'") == "inactive"
+        overloads = await conn.fetch(
+            "select pg_get_function_result(oid) as result from pg_proc "
+            "where proname = 'func_claim_available_task'"
+        )
+        assert len(overloads) == 1 and overloads[0]["result"] != "jsonb"
+
+        store = await PostgresStore.connect(empty_dsn, max_size=2)
+        await store.create_worker("gpu-1", "local", {"reason": "queue_demand"})
+        assert (await store.heartbeat("gpu-1", [], None))["success"] is True
+
+        first = await store.claim_task("gpu-1")
+        assert first is not None and first["params"] == {"n": 1}
+        assert await store.complete_task(first["id"], "gpu-1", {"output_location": "s3://x"})
+
+        second = await store.claim_task("gpu-1")
+        assert second is not None and second["params"] == {"n": 2}
+        assert await store.fail_task(second["id"], "gpu-1", "oom", max_attempts=3)
+
+        # The failed task is queued again and, being the oldest, claimed next.
+        again = await store.claim_task("gpu-1")
+        assert again is not None and again["id"] == second["id"] and again["attempts"] == 1
+        requeued = await store.release_tasks("gpu-1", None, 3, "worker lost")
+        assert requeued.requeued == (second["id"],) and requeued.failed == ()
+
+        again = await store.claim_task("gpu-1")
+        assert again is not None and again["id"] == second["id"]
+        dead = await store.release_tasks("gpu-1", None, 3, "worker lost again")
+        assert dead.failed == (second["id"],) and dead.requeued == ()
+
+        statuses = dict(
+            (str(r["id"]), r["status"])
+            for r in await conn.fetch("select id, status::text from tasks")
+        )
+        assert statuses[first["id"]] == "Complete"
+        assert statuses[second["id"]] == "Failed"
+        assert sorted(statuses.values()) == ["Complete", "Complete", "Failed", "Queued"]
+
+        snapshot = await store.observe()
+        assert [w.id for w in snapshot.workers] == ["gpu-1"]
+        assert snapshot.workers[0].status is WorkerStatus.ACTIVE
+        assert snapshot.queue.queued == 1
+        assert await store.transition_worker("gpu-1", WorkerStatus.TERMINATING, Reason.SCALED_DOWN)
+    finally:
+        if store is not None:
+            await store.close()
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("legacy_status", "in_snapshot"),
+    [("inactive", False), ("crashed", False), ("not-a-status", False), ("external", True)],
+)
+async def test_the_snapshot_reads_legacy_worker_statuses_without_crashing(
+    store: PostgresStore, legacy_status: str, in_snapshot: bool
+) -> None:
+    await store.pool.execute(
+        "insert into workers (id, status) values ('legacy-1', $1)", legacy_status
+    )
+    await store.create_worker("gpu-1", "local", {})
+    seen = {w.id: w.status for w in (await store.observe()).workers}
+    assert seen.get("gpu-1") is WorkerStatus.SPAWNING
+    assert ("legacy-1" in seen) is in_snapshot
+    if in_snapshot:
+        assert seen["legacy-1"] == WorkerStatus.parse(legacy_status)
