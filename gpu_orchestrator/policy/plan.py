@@ -19,6 +19,7 @@ from ..models import (
 from .breaker import assess_breaker
 from .capacity import offering_backoffs
 from .health import health_actions
+from .reconcile import reconcile_actions, unsafe_pod_list
 from .scaling import desired_workers, drain_candidates, queue_demand
 
 _ACCEPTS_TASKS = (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE)
@@ -34,6 +35,7 @@ class _Launches:
 def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
     """The plan for this cycle. Pure: same snapshot and config, same plan."""
     health = health_actions(snapshot, cfg)
+    health += reconcile_actions(snapshot, cfg, {a.worker_id for a in health if a.worker_id})
     leaving = {a.worker_id for a in health if a.kind in (ActionKind.FAIL, ActionKind.STOP)}
     holds = snapshot.holds_by_worker()
 
@@ -99,6 +101,7 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
         held_back=launches.held_back,
         breaker=breaker,
         backoffs=backoffs,
+        unsafe=unsafe_pod_list(snapshot, cfg) if snapshot.pods is not None else None,
     )
 
 
@@ -137,7 +140,8 @@ def _gate(
     if breaker.booting_limit is not None:
         limits.append((max(0, breaker.booting_limit - booting), Reason.RECOVERY_RAMP))
     count = min([shortfall] + [limit for limit, _ in limits])
-    held = tuple(reason for limit, reason in limits if limit < shortfall)
+    # Name the limit that bound this cycle (the smallest), not merely one below demand.
+    held = tuple(reason for limit, reason in limits if limit == count < shortfall)
     return _Launches(count, False, held[:1])
 
 
