@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     orchestrator_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     leader_lease_sec: PositiveSec = 90
     cycle_timeout_sec: PositiveSec = 120
+    # a pod or intent row younger than this may not show up in the pod list yet
+    pod_grace_sec: PositiveSec = 120
     action_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -160,6 +162,8 @@ class Settings(BaseSettings):
             capacity_backoff_sec=self.capacity_backoff_sec,
             capacity_backoff_max_sec=self.capacity_backoff_max_sec,
             offerings=self.offerings,
+            name_prefix=self.worker_name_prefix,
+            pod_grace_sec=self.pod_grace_sec,
         )
 
     def redacted(self) -> dict[str, Any]:

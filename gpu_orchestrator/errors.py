@@ -24,3 +24,29 @@ class ProviderError(OrchestratorError):
 
 class CapacityError(ProviderError):
     """The provider has no capacity for the requested offering right now."""
+
+
+class RequestRejected(ProviderError):
+    """The provider says our request is wrong (422, or 400 that is not capacity).
+    Never retried: stop spawning and alert."""
+
+
+class BalanceError(ProviderError):
+    """The account cannot pay (402): stop spawning and alert."""
+
+
+class OfferingForbidden(ProviderError):
+    """This offering is not allowed for the account (403): skip it."""
+
+
+class RateLimited(ProviderError):
+    """Too many requests (429); `retry_after` seconds to wait, when the provider said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TransientProviderError(ProviderError):
+    """A 5xx or a timeout: retried with backoff. A create that ended this way may
+    still have created the pod, so it is looked up by name before deciding."""

@@ -17,7 +17,16 @@ from datetime import datetime
 import structlog
 
 from .errors import CapacityError, OrchestratorError
-from .models import Action, ActionKind, BreakerState, Plan, Reason, Snapshot, WorkerStatus
+from .models import (
+    Action,
+    ActionKind,
+    BreakerState,
+    Plan,
+    Pod,
+    Reason,
+    Snapshot,
+    WorkerStatus,
+)
 from .providers.base import PodSpec, Provider
 from .store.base import OrchestratorStore
 
@@ -91,6 +100,15 @@ class Executor:
 
         return list(await asyncio.gather(*(run(a) for a in plan.actions)))
 
+    async def list_pods(self) -> tuple[Pod, ...] | None:
+        """The provider's pods, or None when they could not be listed: then
+        nothing is reconciled this cycle (never "everything is orphaned")."""
+        try:
+            return tuple(await self._provider.list_pods())
+        except OrchestratorError as exc:
+            log.warning("pod_list_failed", error=str(exc))
+            return None
+
     async def _record_breaker(self, plan: Plan) -> None:
         move = plan.breaker.transition if plan.breaker is not None else None
         if move is None:
@@ -119,6 +137,7 @@ class Executor:
             ActionKind.STOP: lambda: self._stop(action, pods),
             ActionKind.RELEASE: lambda: self._release(action, pods),
             ActionKind.REQUEUE_ORPHAN: lambda: self._requeue_orphan(action),
+            ActionKind.TERMINATE_ORPHAN_POD: lambda: self._terminate_orphan_pod(action),
         }
         try:
             worker_id = await handlers[action.kind]()
@@ -220,6 +239,18 @@ class Executor:
             )
         await self._provider.terminate_pod(worker_id, pods.get(worker_id))
         return worker_id
+
+    async def _terminate_orphan_pod(self, action: Action) -> str | None:
+        assert action.worker_id is not None
+        await self._provider.terminate_pod(action.worker_id, action.pod_id)
+        await self._store.record_event(
+            "orphan_pod_terminated",
+            self._actor,
+            action.reason.value,
+            {"pod_id": action.pod_id, "name": action.worker_id},
+        )
+        log.warning("orphan_pod_terminated", pod_id=action.pod_id, name=action.worker_id)
+        return action.worker_id
 
     async def _requeue_orphan(self, action: Action) -> str | None:
         released = await self._store.release_tasks(

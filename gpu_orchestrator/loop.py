@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -61,6 +61,7 @@ class CycleReport:
                 "capacity": self.plan.capacity,
                 "unmet_demand": self.plan.unmet_demand,
                 "held_back": [r.value for r in self.plan.held_back],
+                "unsafe": self.plan.unsafe,
                 "offerings_backing_off": {
                     b.offering: {"capacity_errors": b.capacity_errors, "until": b.until.isoformat()}
                     for b in self.plan.backoffs
@@ -129,6 +130,7 @@ class Orchestrator:
         if not lease.leader:
             return CycleReport(cycle_id, "skipped", f"not_leader (held by {lease.holder})", 0.0)
         snapshot = await self._store.observe(self._policy.horizon_sec)
+        snapshot = replace(snapshot, pods=await self._executor.list_pods())
         plan = decide(snapshot, self._policy)
         results = await self._executor.apply(plan, snapshot, stop)
         return CycleReport(cycle_id, "ok", None, 0.0, snapshot, plan, tuple(results))

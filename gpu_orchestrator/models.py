@@ -83,6 +83,7 @@ class Reason(StrEnum):
     # failures (DESIGN §4)
     SPAWN_FAILED = "spawn_failed"
     BOOT_TIMEOUT = "boot_timeout"
+    BOOT_FAILED = "boot_failed"  # the pod exited before its first heartbeat
     HEARTBEAT_LOST = "heartbeat_lost"
     CRASHED = "crashed"
     STUCK_TASK = "stuck_task"
@@ -132,6 +133,7 @@ FAILURE_REASONS = frozenset(
     {
         Reason.SPAWN_FAILED,
         Reason.BOOT_TIMEOUT,
+        Reason.BOOT_FAILED,
         Reason.HEARTBEAT_LOST,
         Reason.CRASHED,
         Reason.STUCK_TASK,
@@ -228,6 +230,17 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
+class Pod:
+    """A pod as the provider lists it. Its name is the worker id."""
+
+    pod_id: str
+    name: str
+    running: bool  # False: it exited (or errored) but still exists
+    status: str | None = None  # the provider's own word, for people
+    cost_per_hr: float | None = None
+
+
+@dataclass(frozen=True)
 class QueueStats:
     """The queue as one cycle sees it."""
 
@@ -247,6 +260,7 @@ class Snapshot:
     launches: tuple[Launch, ...] = ()  # see `Launch`
     breaker: BreakerRecord | None = None  # None: never opened
     controls: Controls = field(default_factory=Controls)
+    pods: tuple[Pod, ...] | None = None  # None: the pod list was not read this cycle
 
     def holds_by_worker(self) -> dict[str, list[TaskHold]]:
         out: dict[str, list[TaskHold]] = {}
@@ -282,6 +296,8 @@ class PolicyConfig:
     capacity_backoff_max_sec: float = 1800.0
     # where a pod may be placed, in order of preference ("gpu type@data center")
     offerings: tuple[str, ...] = ("local",)
+    name_prefix: str = "gpu"  # pods named `{prefix}-...` are ours
+    pod_grace_sec: float = 120.0  # a pod or row this young may not be listed yet
 
     @property
     def horizon_sec(self) -> float:
@@ -296,6 +312,7 @@ class ActionKind(StrEnum):
     STOP = "stop"  # terminating -> terminated: requeue leftovers, terminate pod
     RELEASE = "release"  # an `error` row whose pod may still run: requeue, terminate pod
     REQUEUE_ORPHAN = "requeue_orphan"  # an `In Progress` task whose holder is gone
+    TERMINATE_ORPHAN_POD = "terminate_orphan_pod"  # a pod of ours with no live row
 
 
 @dataclass(frozen=True)
@@ -305,6 +322,7 @@ class Action:
     message: str  # one line for humans
     worker_id: str | None = None  # None for SPAWN (the shell names the worker)
     task_id: str | None = None  # REQUEUE_ORPHAN only
+    pod_id: str | None = None  # TERMINATE_ORPHAN_POD only
     offering: str | None = None  # SPAWN: where to place the pod
     probe: bool = False  # SPAWN: the half-open breaker's probe
 
@@ -385,6 +403,8 @@ class Plan:
     held_back: tuple[Reason, ...] = field(default=())  # why unmet demand was not spawned
     breaker: BreakerView | None = None
     backoffs: tuple[OfferingBackoff, ...] = ()  # offerings out of capacity right now
+    # why pod reconciliation was skipped this cycle (e.g. an implausible pod list)
+    unsafe: str | None = None
 
     def count(self, kind: ActionKind) -> int:
         return sum(1 for a in self.actions if a.kind is kind)

@@ -56,7 +56,8 @@ async def test_boot_failures_trip_the_breaker_and_a_probe_proves_the_fix(
     await cycle_until(runtime, open_, timeout=40, reports=reports)
     tripped = reports[-1].plan
     assert tripped is not None and tripped.breaker is not None
-    assert dict(tripped.breaker.failures_by_reason)["boot_timeout"] >= 3
+    # the pods exit at once: the pod list shows it before any boot deadline
+    assert dict(tripped.breaker.failures_by_reason)["boot_failed"] >= 3
     assert tripped.breaker.rate == 1.0
     assert not [a for a in tripped.actions if a.kind is ActionKind.SPAWN]
 

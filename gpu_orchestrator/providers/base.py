@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import Settings
+from ..models import Pod
 
 
 @dataclass(frozen=True)
@@ -18,14 +19,6 @@ class PodSpec:
     worker_id: str  # also the pod's name
     env: Mapping[str, str] = field(repr=False)  # holds secrets: never logged
     offering: str | None = None  # "gpu type@data center"; None: the provider's default
-
-
-@dataclass(frozen=True)
-class Pod:
-    pod_id: str
-    name: str
-    running: bool  # False: the process or machine has exited but is not yet removed
-    cost_per_hr: float | None = None
 
 
 class Provider(Protocol):

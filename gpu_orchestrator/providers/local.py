@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ProviderError
-from .base import Pod, PodSpec
+from ..models import Pod
+from .base import PodSpec
 
 _STOP_GRACE_SEC = 10.0
 
@@ -88,7 +89,7 @@ class LocalProvider:
         self._children[spec.worker_id] = proc
         record = {"pid": proc.pid, "started": _start_time(proc.pid), "name": spec.worker_id}
         self._record_path(spec.worker_id).write_text(json.dumps(record))
-        return Pod(pod_id=spec.worker_id, name=spec.worker_id, running=True, cost_per_hr=0.0)
+        return Pod(spec.worker_id, spec.worker_id, running=True, status="RUNNING", cost_per_hr=0.0)
 
     async def _start(self, spec: PodSpec, log: IO[bytes]) -> asyncio.subprocess.Process:
         options: dict[str, Any] = {
@@ -108,7 +109,14 @@ class LocalProvider:
         record = self._read(worker_id)
         if record is None:
             return None
-        return Pod(pod_id=worker_id, name=worker_id, running=self._alive(record), cost_per_hr=0.0)
+        alive = self._alive(record)
+        return Pod(
+            pod_id=worker_id,
+            name=worker_id,
+            running=alive,
+            status="RUNNING" if alive else "EXITED",
+            cost_per_hr=0.0,
+        )
 
     async def list_pods(self) -> list[Pod]:
         if not self._dir.is_dir():
