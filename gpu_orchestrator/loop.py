@@ -53,6 +53,7 @@ class CycleReport:
                 "now": snap.now.isoformat(),
                 "workers": _count_by_status(snap),
                 "queued": snap.queue.queued,
+                "queued_capped": snap.queue.capped,
                 "in_progress": len(snap.holds),
             }
         if self.plan is not None:
@@ -129,7 +130,7 @@ class Orchestrator:
         lease = await self._store.acquire_lease(LEASE_NAME, self._holder, self._lease_sec)
         if not lease.leader:
             return CycleReport(cycle_id, "skipped", f"not_leader (held by {lease.holder})", 0.0)
-        snapshot = await self._store.observe(self._policy.horizon_sec)
+        snapshot = await self._store.observe(self._policy.horizon_sec, self._policy.queue_cap)
         snapshot = replace(snapshot, pods=await self._executor.list_pods())
         plan = decide(snapshot, self._policy)
         results = await self._executor.apply(plan, snapshot, stop)

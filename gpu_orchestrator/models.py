@@ -148,7 +148,7 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"  # one probe spawn admitted (or in flight)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
 class Launch:
     """A worker launched, failed or proven within the breaker's horizon, or still
     live: the raw material of the failure rate, probes, evidence and backoff."""
@@ -189,7 +189,7 @@ class Controls:
     breaker_reset_at: datetime | None = None  # failures before this are forgiven
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
 class TaskHold:
     """An `In Progress` task and who holds it."""
 
@@ -199,7 +199,7 @@ class TaskHold:
     attempts: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
 class WorkerView:
     """One `workers` row as the policy sees it."""
 
@@ -244,8 +244,9 @@ class Pod:
 class QueueStats:
     """The queue as one cycle sees it."""
 
-    queued: int  # claimable `Queued` tasks
+    queued: int  # claimable `Queued` tasks, counted up to the snapshot's cap
     oldest_queued_at: datetime | None
+    capped: bool = False  # the count stopped at the cap: at least `queued`
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,12 @@ class PolicyConfig:
     offerings: tuple[str, ...] = ("local",)
     name_prefix: str = "gpu"  # pods named `{prefix}-...` are ours
     pod_grace_sec: float = 120.0  # a pod or row this young may not be listed yet
+
+    @property
+    def queue_cap(self) -> int:
+        """Queued tasks beyond this change no decision: demand is then above
+        `MAX_ACTIVE_GPUS` whatever the exact count."""
+        return self.tasks_per_gpu_threshold * (self.max_active_gpus + 1)
 
     @property
     def horizon_sec(self) -> float:

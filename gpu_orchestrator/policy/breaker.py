@@ -322,7 +322,11 @@ def _judge_open(
             now,
             f"probe {probe.worker_id} failed ({probe.failure})",
         )
-    if _rate_ok_for_open(len(sample.failures), len(sample.proven), cfg):
+    # Ageing out is judged on the workers launched before the breaker opened:
+    # launches since (probes) close it only by proving themselves.
+    before = [launch for launch in sample.failures if launch.created_at < record.at]
+    proven_before = [launch for launch in sample.proven if launch.created_at < record.at]
+    if _rate_ok_for_open(len(before), len(proven_before), cfg):
         return _close(Reason.AGED_OUT, interval, "the failures left the window")
     due = record.at + timedelta(seconds=interval)
     in_flight = probe is not None and probe.live and probe.failed_at is None

@@ -34,8 +34,9 @@ class ReleasedTasks:
 
 
 class OrchestratorStore(Protocol):
-    async def observe(self, horizon_sec: float) -> Snapshot:
-        """One call; `horizon_sec`: how far back launch history is read."""
+    async def observe(self, horizon_sec: float, queue_cap: int | None = None) -> Snapshot:
+        """One call. `horizon_sec`: how far back launch history is read;
+        `queue_cap`: stop counting queued tasks there (None: exact)."""
 
     async def create_worker(self, worker_id: str, provider: str, detail: Mapping[str, Any]) -> None:
         """Writes the intent row (`spawning`) before any pod is requested."""

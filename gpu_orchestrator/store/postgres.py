@@ -41,6 +41,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's reset on release (a round trip per call): we keep no
+    session state (no session locks, LISTEN or cursors between calls)."""
+
+
 async def create_pool(dsn: str, max_size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
     async with _translated("connect"):
         pool = await asyncpg.create_pool(
@@ -51,6 +56,7 @@ async def create_pool(dsn: str, max_size: int = 10, timeout: float = 10.0) -> as
             command_timeout=30,
             statement_cache_size=0 if uses_transaction_pooler(dsn) else 100,
             init=_init_connection,
+            reset=_keep_session,
         )
     assert pool is not None
     return pool
@@ -79,9 +85,9 @@ class PostgresStore:
 
     # orchestrator ---------------------------------------------------------
 
-    async def observe(self, horizon_sec: float = 1800.0) -> Snapshot:
-        doc = await self._val("observe", "select orch_snapshot($1)", horizon_sec)
-        return parse_snapshot(doc)
+    async def observe(self, horizon_sec: float = 1800.0, queue_cap: int | None = None) -> Snapshot:
+        doc = await self._val("observe", "select orch_snapshot($1, $2)", horizon_sec, queue_cap)
+        return parse_snapshot(doc, horizon_sec, queue_cap)
 
     async def create_worker(self, worker_id: str, provider: str, detail: Mapping[str, Any]) -> None:
         await self._val(

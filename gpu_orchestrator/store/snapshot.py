@@ -1,8 +1,13 @@
-"""Turns the `orch_snapshot()` JSON document into a `Snapshot`."""
+"""Turns the `orch_snapshot()` JSON document into a `Snapshot`.
+
+Rows arrive as positional arrays with times as epoch seconds (see the SQL): one
+worker row serves both as a `WorkerView` (when the cycle may act on it) and as a
+`Launch` (when it belongs to the breaker's history).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import StoreError
@@ -19,43 +24,82 @@ from ..models import (
     WorkerView,
 )
 
-
-def _ts(value: Any) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _worker(row: dict[str, Any]) -> WorkerView:
-    reason = row.get("termination_reason")
-    return WorkerView(
-        id=row["id"],
-        status=WorkerStatus.parse(row.get("status")),
-        created_at=datetime.fromisoformat(row["created_at"]),
-        ready_at=_ts(row.get("ready_at")),
-        last_heartbeat=_ts(row.get("last_heartbeat")),
-        drain_requested_at=_ts(row.get("drain_requested_at")),
-        terminated_at=_ts(row.get("terminated_at")),
-        last_task_finished_at=_ts(row.get("last_task_finished_at")),
-        tasks_completed=int(row.get("tasks_completed") or 0),
-        pod_id=row.get("pod_id"),
-        termination_reason=None if reason is None else Reason.parse(reason),
-    )
+# Statuses of rows the cycle acts on while their pod is not released.
+_ROW_STATUSES = frozenset(
+    {
+        WorkerStatus.SPAWNING,
+        WorkerStatus.ACTIVE,
+        WorkerStatus.TERMINATING,
+        WorkerStatus.ERROR,
+        WorkerStatus.EXTERNAL,
+    }
+)
+_LIVE = frozenset({WorkerStatus.SPAWNING, WorkerStatus.ACTIVE, WorkerStatus.TERMINATING})
 
 
-def _launch(row: dict[str, Any]) -> Launch:
-    failure = row.get("failure")
-    return Launch(
-        worker_id=row["id"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        offering=row.get("offering"),
-        probe=bool(row.get("probe")),
-        pod_created=bool(row.get("pod_created")),
-        live=bool(row.get("live")),
-        ready_at=_ts(row.get("ready_at")),
-        failed_at=_ts(row.get("failed_at")),
-        failure=None if failure is None else Reason.parse(failure),
-        task_caused=bool(row.get("task_caused")),
-        tasks_completed=int(row.get("tasks_completed") or 0),
-    )
+def _ts(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+# Dict look-ups: the enums' own constructors cost more than the rest of a row.
+_STATUS = {s.value: s for s in WorkerStatus}
+_REASON = {r.value: r for r in Reason}
+
+
+def _split_workers(
+    rows: list[list[Any]], since: float
+) -> tuple[tuple[WorkerView, ...], tuple[Launch, ...]]:
+    """`since`: epoch seconds where the breaker's history starts."""
+    workers: list[WorkerView] = []
+    launches: list[Launch] = []
+    stamp = datetime.fromtimestamp
+    for (
+        wid, raw_status, created, ready, heartbeat, drain, terminated, finished,
+        completed, pod_id, termination, offering, probe, failed, task_caused,
+    ) in rows:  # fmt: skip
+        status = _STATUS.get(raw_status, WorkerStatus.UNKNOWN)
+        created_at = stamp(created, UTC)
+        ready_at = None if ready is None else stamp(ready, UTC)
+        reason = None if termination is None else _REASON.get(termination, Reason.UNKNOWN)
+        if terminated is None and status in _ROW_STATUSES:
+            workers.append(
+                WorkerView(
+                    wid,
+                    status,
+                    created_at,
+                    ready_at,
+                    _ts(heartbeat),
+                    _ts(drain),
+                    None,
+                    _ts(finished),
+                    completed,
+                    pod_id,
+                    reason,
+                )
+            )
+        live = terminated is None and status in _LIVE
+        if (
+            live
+            or created > since
+            or (ready is not None and ready > since)
+            or (failed is not None and failed > since)
+        ):
+            launches.append(
+                Launch(
+                    wid,
+                    created_at,
+                    offering,
+                    bool(probe),
+                    pod_id is not None,
+                    live,
+                    ready_at,
+                    _ts(failed),
+                    reason if status is WorkerStatus.ERROR else None,
+                    bool(task_caused),
+                    completed,
+                )
+            )
+    return tuple(workers), tuple(launches)
 
 
 def _breaker(row: dict[str, Any] | None) -> BreakerRecord | None:
@@ -63,7 +107,7 @@ def _breaker(row: dict[str, Any] | None) -> BreakerRecord | None:
         return None
     return BreakerRecord(
         state=BreakerState(row["state"]),
-        at=datetime.fromisoformat(row["at"]),
+        at=datetime.fromtimestamp(row["at"], UTC),
         reason=Reason.parse(row.get("reason")),
         probe_interval_sec=float(row["probe_interval_sec"]),
     )
@@ -77,27 +121,27 @@ def _controls(row: dict[str, Any]) -> Controls:
     )
 
 
-def parse_snapshot(doc: dict[str, Any]) -> Snapshot:
+def parse_snapshot(
+    doc: dict[str, Any], horizon_sec: float, queue_cap: int | None = None
+) -> Snapshot:
     """Raises `StoreError` when the document is not a snapshot: a cycle never acts
     on a world it could not read."""
     try:
-        queue = doc["queue"]
+        now = datetime.fromtimestamp(doc["now"], UTC)
+        workers, launches = _split_workers(doc["workers"], doc["now"] - horizon_sec)
         return Snapshot(
-            now=datetime.fromisoformat(doc["now"]),
-            workers=tuple(_worker(w) for w in doc["workers"]),
+            now=now,
+            workers=workers,
             holds=tuple(
-                TaskHold(
-                    task_id=str(h["task_id"]),
-                    worker_id=h.get("worker_id"),
-                    started_at=_ts(h.get("started_at")),
-                    attempts=int(h.get("attempts") or 0),
-                )
-                for h in doc["holds"]
+                TaskHold(str(task), holder, _ts(started), int(attempts))
+                for task, holder, started, attempts in doc["holds"]
             ),
             queue=QueueStats(
-                queued=int(queue["queued"]), oldest_queued_at=_ts(queue.get("oldest_queued_at"))
+                queued := int(doc["queued"]),
+                _ts(doc.get("oldest_queued_at")),
+                capped=queue_cap is not None and queued >= queue_cap,
             ),
-            launches=tuple(_launch(row) for row in doc["launches"]),
+            launches=launches,
             breaker=_breaker(doc.get("breaker")),
             controls=_controls(doc["controls"]),
         )

@@ -41,7 +41,10 @@ $$;
 -- returned when the queue is empty or the worker may not claim (draining,
 -- terminated, in error, unknown).
 create function func_claim_available_task(worker_id_param text) returns setof tasks
-language sql as $$
+language plpgsql as $$
+begin
+    -- plpgsql, not sql: its plan is cached per session instead of re-planned per call.
+    return query
     update tasks t
     set status = 'In Progress',
         worker_id = worker_id_param,
@@ -61,6 +64,7 @@ language sql as $$
             for update skip locked)
       and t.status = 'Queued'
     returning t.*;
+end
 $$;
 
 -- Records a heartbeat. The first one marks the worker ready (`spawning` ->
@@ -261,55 +265,53 @@ $$;
 ------------------------------------------------------------------------------
 
 -- Everything one cycle needs, in one round trip whatever the fleet size.
--- `horizon_sec_param`: how far back the breaker and capacity backoff look.
-create or replace function orch_snapshot(horizon_sec_param double precision default 1800)
-returns json
-language sql stable as $$
-    with bounds as (
-        select now() - make_interval(secs => horizon_sec_param) as since
-    )
-    select json_build_object(
-        'now', now(),
+-- `workers`: rows the cycle may act on (not yet released, or `external`) and rows
+-- launched, failed or ready within `horizon_sec_param` (the breaker's history),
+-- each a positional array (see store/snapshot.py) with times as epoch seconds:
+-- compact, and cheap to decode. `queued` stops counting at `queue_cap_param`
+-- (null: exact): past the cap the plan is the same, and counting a deep queue
+-- costs a scan of it. plpgsql so that plans are cached per session.
+create or replace function orch_snapshot(
+    horizon_sec_param double precision default 1800,
+    queue_cap_param integer default null
+) returns json
+language plpgsql stable as $$
+declare
+    since constant timestamptz := now() - make_interval(secs => horizon_sec_param);
+begin
+    return json_build_object(
+        'now', extract(epoch from now()),
         'workers', coalesce((
-            select json_agg(json_build_object(
-                'id', w.id, 'status', w.status, 'created_at', w.created_at,
-                'ready_at', w.ready_at, 'last_heartbeat', w.last_heartbeat,
-                'drain_requested_at', w.drain_requested_at,
-                'terminated_at', w.terminated_at,
-                'last_task_finished_at', w.last_task_finished_at,
-                'tasks_completed', w.tasks_completed, 'pod_id', w.pod_id,
-                'termination_reason', w.termination_reason))
+            select json_agg(json_build_array(
+                w.id, w.status, extract(epoch from w.created_at),
+                extract(epoch from w.ready_at), extract(epoch from w.last_heartbeat),
+                extract(epoch from w.drain_requested_at), extract(epoch from w.terminated_at),
+                extract(epoch from w.last_task_finished_at), w.tasks_completed, w.pod_id,
+                w.termination_reason, w.offering, w.probe, extract(epoch from w.failed_at),
+                w.task_caused))
             from workers w
-            where w.terminated_at is null
-              and w.status in ('spawning', 'active', 'terminating', 'error', 'external')),
+            where (w.terminated_at is null
+                   and w.status in ('spawning', 'active', 'terminating', 'error', 'external'))
+               or w.created_at > since or w.failed_at > since or w.ready_at > since),
             '[]'::json),
         'holds', coalesce((
-            select json_agg(json_build_object(
-                'task_id', t.id, 'worker_id', t.worker_id,
-                'started_at', t.generation_started_at, 'attempts', t.attempts))
+            select json_agg(json_build_array(
+                t.id, t.worker_id, extract(epoch from t.generation_started_at), t.attempts))
             from tasks t
             where t.status = 'In Progress'), '[]'::json),
-        'queue', (
-            select json_build_object('queued', count(*), 'oldest_queued_at', min(q.created_at))
-            from tasks q
-            where q.status = 'Queued' and q.run_type = 'gpu'),
-        'launches', coalesce((
-            select json_agg(json_build_object(
-                'id', w.id, 'created_at', w.created_at, 'offering', w.offering,
-                'probe', w.probe, 'pod_created', w.pod_id is not null,
-                'live', w.terminated_at is null
-                        and w.status in ('spawning', 'active', 'terminating'),
-                'ready_at', w.ready_at, 'failed_at', w.failed_at,
-                'failure', case when w.status = 'error' then w.termination_reason end,
-                'task_caused', w.task_caused, 'tasks_completed', w.tasks_completed))
-            from workers w, bounds b
-            where w.created_at > b.since or w.failed_at > b.since or w.ready_at > b.since
-               or (w.terminated_at is null
-                   and w.status in ('spawning', 'active', 'terminating'))), '[]'::json),
+        'queued', (
+            select count(*) from (
+                select from tasks q
+                where q.status = 'Queued' and q.run_type = 'gpu'
+                limit queue_cap_param) c),
+        'oldest_queued_at', (
+            select extract(epoch from q.created_at) from tasks q
+            where q.status = 'Queued' and q.run_type = 'gpu'
+            order by q.created_at, q.id limit 1),
         'breaker', (
             select json_build_object(
                 'state', case e.kind when 'breaker_opened' then 'open' else 'closed' end,
-                'at', e.at, 'reason', e.reason,
+                'at', extract(epoch from e.at), 'reason', e.reason,
                 'probe_interval_sec', (e.detail ->> 'probe_interval_sec')::double precision)
             from orchestrator_events e
             where e.kind in ('breaker_opened', 'breaker_closed')
@@ -325,7 +327,9 @@ language sql stable as $$
                 where e.kind in ('kill_switch_on', 'kill_switch_off')
                 order by e.at desc, e.id desc limit 1), false),
             'breaker_reset_at', (
-                select max(e.at) from orchestrator_events e where e.kind = 'breaker_reset')));
+                select extract(epoch from max(e.at)) from orchestrator_events e
+                where e.kind = 'breaker_reset')));
+end
 $$;
 
 -- Appends an orchestrator-level event (breaker transition or operator lever).
