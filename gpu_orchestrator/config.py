@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     runpod_data_center_ids: Annotated[tuple[str, ...], NoDecode] = ()
     # the local pod's entrypoint (a shell command); unset: `python -m gpu_orchestrator worker`
     local_worker_command: str | None = None
+    runpod_api_base_url: str = "https://api.runpod.io"
+    runpod_worker_image: str | None = None
+    runpod_template_id: str | None = None
+    runpod_gpu_count: Annotated[int, Field(ge=1, le=8)] = 1
+    runpod_cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
+    runpod_container_disk_gb: Annotated[int, Field(ge=1)] = 50
+    runpod_network_volume_id: str | None = None
+    runpod_volume_gb: Annotated[int, Field(ge=10)] | None = None  # a persistent pod volume
+    runpod_volume_mount_path: str = "/workspace"
+    runpod_ports: Annotated[tuple[str, ...], NoDecode] = ()
+    # the database DSN pods use (defaults to DATABASE_URL); it reaches pods via env only
+    worker_database_url: SecretStr | None = None
 
     # scaling
     min_active_gpus: NonNegInt = 0
@@ -101,7 +113,7 @@ class Settings(BaseSettings):
                     continue
                 if key.lower() == "runpod_worker_env":
                     data[key] = _parse_pairs(value)
-                elif key.lower() in ("runpod_gpu_types", "runpod_data_center_ids"):
+                elif key.lower() in ("runpod_gpu_types", "runpod_data_center_ids", "runpod_ports"):
                     data[key] = tuple(filter(None, (part.strip() for part in value.split(","))))
         return data
 
@@ -117,6 +129,8 @@ class Settings(BaseSettings):
                 f"CAPACITY_BACKOFF_SEC={self.capacity_backoff_sec:g}: must be at most "
                 f"CAPACITY_BACKOFF_MAX_SEC ({self.capacity_backoff_max_sec:g})"
             )
+        if self.provider_name == "runpod":
+            self._check_runpod()
         if self.min_active_gpus > self.max_active_gpus:
             raise ValueError(
                 f"MIN_ACTIVE_GPUS={self.min_active_gpus}: must be at most "
@@ -124,11 +138,37 @@ class Settings(BaseSettings):
             )
         return self
 
+    def _check_runpod(self) -> None:
+        if self.runpod_api_key is None:
+            raise ValueError("RUNPOD_API_KEY is unset: required with ORCHESTRATOR_PROVIDER=runpod")
+        if not (self.runpod_worker_image or self.runpod_template_id):
+            raise ValueError(
+                "RUNPOD_WORKER_IMAGE and RUNPOD_TEMPLATE_ID are unset: the runpod provider "
+                "needs one of them"
+            )
+        if not self.offerings:
+            raise ValueError("RUNPOD_GPU_TYPES is unset: name at least one GPU type")
+        if self.worker_database_url is None and self.database_url is None:
+            raise ValueError(
+                "WORKER_DATABASE_URL and DATABASE_URL are unset: Runpod workers cannot reach "
+                "the embedded database; set DATABASE_URL (or WORKER_DATABASE_URL)"
+            )
+        if self.runpod_network_volume_id and self.runpod_volume_gb:
+            raise ValueError(
+                "RUNPOD_NETWORK_VOLUME_ID and RUNPOD_VOLUME_GB are both set: a pod takes one"
+            )
+
     @property
     def provider_name(self) -> str:
         if self.orchestrator_provider is not None:
             return self.orchestrator_provider
         return "runpod" if self.runpod_api_key is not None else "local"
+
+    @property
+    def worker_dsn(self) -> str | None:
+        """The DSN pods get: `WORKER_DATABASE_URL`, else `DATABASE_URL`."""
+        chosen = self.worker_database_url or self.database_url
+        return None if chosen is None else chosen.get_secret_value()
 
     @property
     def offerings(self) -> tuple[str, ...]:
@@ -170,7 +210,7 @@ class Settings(BaseSettings):
         """The effective settings with every secret hidden (for `config` and logs)."""
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
-            if name == "database_url" and value is not None:
+            if name in ("database_url", "worker_database_url") and value is not None:
                 out[name] = redact_dsn(value.get_secret_value())
             elif isinstance(value, SecretStr):
                 out[name] = "**********"

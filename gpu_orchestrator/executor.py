@@ -16,7 +16,7 @@ from datetime import datetime
 
 import structlog
 
-from .errors import CapacityError, OrchestratorError
+from .errors import CapacityError, OfferingForbidden, OrchestratorError, RateLimited
 from .models import (
     Action,
     ActionKind,
@@ -157,22 +157,33 @@ class Executor:
         return _result(action, "done", worker_id=worker_id)
 
     async def _spawn(self, action: Action, now: datetime) -> str:
+        """Tries the action's offering, then its fallbacks, each launch with its own
+        intent row, until one is placed; refusals are recorded as neutral outcomes
+        (they back that offering off)."""
+        candidates = (action.offering, *action.fallbacks)
+        for n, offering in enumerate(candidates):
+            try:
+                return await self._launch(action, offering, now)
+            except (CapacityError, OfferingForbidden) as exc:
+                if n + 1 == len(candidates):
+                    raise
+                log.info("offering_refused", offering=offering, error=str(exc))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _launch(self, action: Action, offering: str | None, now: datetime) -> str:
         worker_id = new_worker_id(self._prefix, now)
         # The intent row comes first: a crash after it leaves a `spawning` row that
-        # the boot deadline resolves, never an untracked pod.
+        # reconciliation resolves, never an untracked pod.
         await self._store.create_worker(
             worker_id,
             self._provider.name,
-            {"reason": action.reason.value, "offering": action.offering, "probe": action.probe},
+            {"reason": action.reason.value, "offering": offering, "probe": action.probe},
         )
-        spec = PodSpec(worker_id, self._pod_env(worker_id), action.offering)
+        spec = PodSpec(worker_id, self._pod_env(worker_id), offering)
         try:
             pod = await self._provider.create_pod(spec)
-        except CapacityError as exc:
-            await self._give_up_spawn(worker_id, Reason.CAPACITY, exc)
-            raise
         except OrchestratorError as exc:
-            await self._give_up_spawn(worker_id, Reason.SPAWN_FAILED, exc)
+            await self._give_up_spawn(worker_id, _launch_outcome(exc), exc)
             raise
         await self._store.record_pod(worker_id, pod.pod_id, pod.cost_per_hr)
         log.info(
@@ -180,7 +191,7 @@ class Executor:
             worker_id=worker_id,
             pod_id=pod.pod_id,
             reason=action.reason,
-            offering=action.offering,
+            offering=offering,
             probe=action.probe,
         )
         return worker_id
@@ -262,6 +273,17 @@ class Executor:
         if not released:
             raise _LostRace
         return action.worker_id
+
+
+def _launch_outcome(exc: OrchestratorError) -> Reason:
+    """How a refused launch counts: only a refusal about our request is a failure."""
+    if isinstance(exc, CapacityError):
+        return Reason.CAPACITY
+    if isinstance(exc, OfferingForbidden):
+        return Reason.OFFERING_FORBIDDEN
+    if isinstance(exc, RateLimited):
+        return Reason.RATE_LIMITED
+    return Reason.SPAWN_FAILED
 
 
 def _result(

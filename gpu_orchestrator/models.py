@@ -94,7 +94,9 @@ class Reason(StrEnum):
     DRAIN_TIMEOUT = "drain_timeout"
     MANUAL = "manual"
     # neutral
-    CAPACITY = "capacity"
+    CAPACITY = "capacity"  # no pod was created: the offering had none
+    OFFERING_FORBIDDEN = "offering_forbidden"  # 403: the account may not use that offering
+    RATE_LIMITED = "rate_limited"  # 429 on create: nothing was created
     ORPHAN = "orphan"
     # normal exits and neutral outcomes, continued
     TASK_CAUSED = "task_caused"  # died holding a task later quarantined as poison
@@ -331,6 +333,7 @@ class Action:
     task_id: str | None = None  # REQUEUE_ORPHAN only
     pod_id: str | None = None  # TERMINATE_ORPHAN_POD only
     offering: str | None = None  # SPAWN: where to place the pod
+    fallbacks: tuple[str, ...] = ()  # SPAWN: offerings to try next when that one refuses
     probe: bool = False  # SPAWN: the half-open breaker's probe
 
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from .config import Settings
-from .errors import SettingsError, StoreError
+from .errors import StoreError
 from .executor import Executor
 from .loop import Orchestrator
 from .providers.base import Provider, worker_environment
 from .providers.local import LocalProvider
+from .providers.runpod import RunpodProvider
 from .store.embedded import embedded_dsn
 from .store.migrate import apply_migrations
 from .store.postgres import PostgresStore
@@ -38,12 +39,9 @@ async def migrate(dsn: str) -> list[str]:
 
 
 def build_provider(settings: Settings) -> Provider:
-    if settings.provider_name == "local":
-        return LocalProvider(settings.orchestrator_data_dir, settings.local_worker_command)
-    raise SettingsError(
-        f"ORCHESTRATOR_PROVIDER={settings.provider_name}: not supported by this version; "
-        "accepted: local"
-    )
+    if settings.provider_name == "runpod":
+        return RunpodProvider(settings)
+    return LocalProvider(settings.orchestrator_data_dir, settings.local_worker_command)
 
 
 @dataclass
@@ -70,7 +68,7 @@ async def open_runtime(
     executor = Executor(
         store,
         provider,
-        lambda worker_id: worker_environment(settings, dsn, worker_id),
+        lambda worker_id: worker_environment(settings, settings.worker_dsn or dsn, worker_id),
         name_prefix=settings.worker_name_prefix,
         max_task_attempts=settings.max_task_attempts,
         actor=settings.orchestrator_id,

@@ -13,6 +13,12 @@ import pytest
 from gpu_orchestrator.config import load_settings, redact_dsn
 from gpu_orchestrator.errors import SettingsError
 
+RUNPOD_READY = {
+    "runpod_worker_image": "ghcr.io/acme/worker:1",
+    "runpod_gpu_types": "NVIDIA A40",
+    "database_url": "postgresql://u:pw@db.example/app",
+}
+
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -54,6 +60,8 @@ def test_config_prints_effective_settings_with_secrets_redacted():
         "config",
         DATABASE_URL="postgresql://app:s3cr3t-pw@db.example:5432/app",
         RUNPOD_API_KEY="rp_s3cr3t",
+        RUNPOD_WORKER_IMAGE="ghcr.io/acme/worker:1",
+        RUNPOD_GPU_TYPES="NVIDIA A40",
         RUNPOD_WORKER_ENV="HF_TOKEN=hf_s3cr3t",
         MAX_ACTIVE_GPUS="7",
     )
@@ -66,13 +74,41 @@ def test_config_prints_effective_settings_with_secrets_redacted():
 
 
 def test_secrets_are_absent_from_repr():
-    settings = load_settings(database_url="postgresql://u:pw-123@h/db", runpod_api_key="rp-123")
+    settings = load_settings(
+        runpod_api_key="rp-123", **{**RUNPOD_READY, "database_url": "postgresql://u:pw-123@h/db"}
+    )
     assert "pw-123" not in repr(settings) and "rp-123" not in repr(settings)
 
 
 def test_provider_defaults_to_runpod_only_with_an_api_key():
     assert load_settings(runpod_api_key=None).provider_name == "local"
-    assert load_settings(runpod_api_key="k").provider_name == "runpod"
+    assert load_settings(runpod_api_key="k", **RUNPOD_READY).provider_name == "runpod"
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        ("runpod_worker_image", "RUNPOD_WORKER_IMAGE"),
+        ("runpod_gpu_types", "RUNPOD_GPU_TYPES"),
+        ("database_url", "DATABASE_URL"),
+    ],
+)
+def test_runpod_without_what_a_pod_needs_is_refused_at_start(missing, named):
+    given = {k: v for k, v in RUNPOD_READY.items() if k != missing}
+    with pytest.raises(SettingsError, match=named):
+        load_settings(runpod_api_key="k", **given)
+
+
+def test_offerings_are_gpu_types_times_data_centers_in_order():
+    settings = load_settings(
+        runpod_api_key="k",
+        **{
+            **RUNPOD_READY,
+            "runpod_gpu_types": "A40, L40S",
+            "runpod_data_center_ids": "EU-RO-1,US-TX-3",
+        },
+    )
+    assert settings.offerings == ("A40@EU-RO-1", "A40@US-TX-3", "L40S@EU-RO-1", "L40S@US-TX-3")
 
 
 def test_load_settings_raises_settings_error_not_validation_error():

@@ -9,6 +9,9 @@ from datetime import datetime, timedelta
 
 from ..models import Launch, OfferingBackoff, PolicyConfig, Reason
 
+# Answers that say "not here, not now" about an offering, not about our worker.
+_REFUSALS = (Reason.CAPACITY, Reason.OFFERING_FORBIDDEN)
+
 
 def offering_backoffs(
     launches: tuple[Launch, ...], now: datetime, cfg: PolicyConfig
@@ -24,7 +27,7 @@ def offering_backoffs(
         for launch in sorted(history.get(offering, ()), key=Launch.order):
             if launch.pod_created:
                 refusals.clear()
-            elif launch.failure is Reason.CAPACITY:
+            elif launch.failure in _REFUSALS:
                 refusals.append(launch)
         if not refusals:
             continue

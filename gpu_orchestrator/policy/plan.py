@@ -79,6 +79,7 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
                 reason,
                 f"fleet {capacity + n} of {desired} wanted",
                 offering=open_offerings[0],
+                fallbacks=tuple(open_offerings[1:]),
                 probe=launches.probe,
             )
         )
