@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # a pod or intent row younger than this may not show up in the pod list yet
     pod_grace_sec: PositiveSec = 120
     action_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    # HTTP endpoints (/livez, /readyz, /metrics, /status); Railway injects PORT
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

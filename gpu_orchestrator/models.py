@@ -216,6 +216,7 @@ class WorkerView:
     tasks_completed: int = 0
     pod_id: str | None = None
     termination_reason: Reason | None = None
+    cost_per_hr: float | None = None  # USD/h the provider quoted for its pod
 
     @property
     def pod_released(self) -> bool:

@@ -55,7 +55,7 @@ def _split_workers(
     stamp = datetime.fromtimestamp
     for (
         wid, raw_status, created, ready, heartbeat, drain, terminated, finished,
-        completed, pod_id, termination, offering, probe, failed, task_caused,
+        completed, pod_id, termination, offering, probe, failed, task_caused, cost,
     ) in rows:  # fmt: skip
         status = _STATUS.get(raw_status, WorkerStatus.UNKNOWN)
         created_at = stamp(created, UTC)
@@ -75,6 +75,7 @@ def _split_workers(
                     completed,
                     pod_id,
                     reason,
+                    None if cost is None else float(cost),
                 )
             )
         live = terminated is None and status in _LIVE

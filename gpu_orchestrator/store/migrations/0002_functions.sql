@@ -288,7 +288,7 @@ begin
                 extract(epoch from w.drain_requested_at), extract(epoch from w.terminated_at),
                 extract(epoch from w.last_task_finished_at), w.tasks_completed, w.pod_id,
                 w.termination_reason, w.offering, w.probe, extract(epoch from w.failed_at),
-                w.task_caused))
+                w.task_caused, w.cost_per_hr))
             from workers w
             where (w.terminated_at is null
                    and w.status in ('spawning', 'active', 'terminating', 'error', 'external'))
