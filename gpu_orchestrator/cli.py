@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Coroutine
 from enum import StrEnum
 from pathlib import Path
@@ -172,6 +173,155 @@ def demo(
     )
 
 
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    watch: float | None = typer.Option(
+        None, "--watch", min=1, help="Repeat every N seconds until interrupted."
+    ),
+    what_if: list[str] = typer.Option(
+        [], "--set", help="NAME=VALUE: judge under another setting (changes nothing)."
+    ),
+) -> None:
+    """The fleet's health: breaker, failures by reason, healthy workers, queue,
+    verdict and recommended action, forecast and levers.
+
+    Exit code: 0 healthy, 1 degraded, 2 spawning blocked or no healthy worker while
+    tasks wait, 3 state unreadable."""
+    overrides: dict[str, str] = {}
+    for item in what_if:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="--set")
+        overrides[name.strip().upper()] = value
+    settings = _settings(**{k.lower(): v for k, v in overrides.items()})
+
+    async def once() -> int:
+        from .ops.health import Verdict, read_report, render_text
+
+        try:
+            report = await read_report(settings, overrides)
+        except OrchestratorError as exc:
+            if as_json:
+                typer.echo(json.dumps({"verdict": "unknown", "exit_code": 3, "error": str(exc)}))
+            else:
+                typer.echo(f"verdict: UNKNOWN (exit 3): cannot read state: {exc}")
+            return int(Verdict.UNKNOWN)
+        typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_text(report))
+        return int(report.verdict)
+
+    code = _run(once())
+    while watch:
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            break
+        typer.echo("")
+        code = _run(once())
+    raise typer.Exit(code)
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...]) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        typer.echo("  ".join(f"{row.get(c)}" for c in columns))
+    if not rows:
+        typer.echo("(none)")
+
+
+@app.command("spawn")
+def spawn_cmd(
+    count: int = typer.Option(1, "--count", min=1, max=100, help="Workers to launch."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit log)."),
+    actor: str | None = typer.Option(None, "--actor", help="Who. Default: $USER@hostname."),
+) -> None:
+    """Launch workers now, never above MAX_ACTIVE_GPUS (audited)."""
+    settings = _settings()
+    from .ops.operator import spawn
+
+    plan, results = _run(spawn(settings, count, _who(actor), _why(reason)))
+    for r in results:
+        typer.echo(f"{r.outcome}: {r.worker_id} {r.error or ''}".rstrip())
+    if plan.unmet_demand:
+        held = ", ".join(h.value for h in plan.held_back)
+        typer.echo(f"{plan.unmet_demand} not launched: {held}")
+    raise typer.Exit(0 if results and all(r.outcome == "done" for r in results) else 1)
+
+
+@app.command()
+def drain(
+    worker_id: str = typer.Argument(..., help="The worker (pod name)."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit log)."),
+    actor: str | None = typer.Option(None, "--actor", help="Who. Default: $USER@hostname."),
+) -> None:
+    """Stop a worker from claiming; the loop terminates it once idle (audited)."""
+    settings = _settings()
+    from .ops.operator import drain as drain_worker
+
+    _run(drain_worker(settings, worker_id, _who(actor), _why(reason)))
+    typer.echo(f"{worker_id}: draining")
+
+
+@app.command()
+def terminate(
+    worker_id: str = typer.Argument(..., help="The worker (pod name)."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit log)."),
+    actor: str | None = typer.Option(None, "--actor", help="Who. Default: $USER@hostname."),
+) -> None:
+    """Terminate a worker now: its tasks are requeued, its pod deleted (audited)."""
+    settings = _settings()
+    from .ops.operator import terminate as terminate_worker
+
+    _run(terminate_worker(settings, worker_id, _who(actor), _why(reason)))
+    typer.echo(f"{worker_id}: terminated")
+
+
+@app.command()
+def workers(
+    limit: int = typer.Option(50, min=1, max=10_000, help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List workers, newest first."""
+    settings = _settings()
+    from .ops.operator import listing
+
+    rows = _run(listing(settings, "workers", limit=limit))
+    _print_rows(
+        rows, as_json, ("id", "status", "last_heartbeat", "tasks_completed", "termination_reason")
+    )
+
+
+@app.command()
+def tasks(
+    status: str | None = typer.Option(None, help="Only this status, e.g. Queued."),
+    limit: int = typer.Option(50, min=1, max=10_000, help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List tasks, newest first."""
+    settings = _settings()
+    from .ops.operator import listing
+
+    rows = _run(listing(settings, "tasks", status=status, limit=limit))
+    _print_rows(rows, as_json, ("id", "status", "worker_id", "attempts", "error_message"))
+
+
+@app.command()
+def logs(
+    worker: str | None = typer.Option(None, "--worker", help="Only this worker's lines."),
+    task: str | None = typer.Option(None, "--task", help="Only this task's lines."),
+    limit: int = typer.Option(100, min=1, max=100_000, help="How many of the newest lines."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show log lines from system_logs (worker start-up steps, task outcomes)."""
+    settings = _settings()
+    from .ops.operator import listing
+
+    rows = _run(listing(settings, "logs", worker_id=worker, task_id=task, limit=limit))
+    _print_rows(rows, as_json, ("timestamp", "worker_id", "log_level", "message"))
+
+
 breaker_app = typer.Typer(help="The failure-rate breaker's operator levers.", no_args_is_help=True)
 app.add_typer(breaker_app, name="breaker")
 
@@ -185,10 +335,15 @@ def _who(actor: str | None) -> str:
     return actor or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
 
 
-def _record_lever(kind: str, reason: str, actor: str | None) -> None:
-    """Appends an audited operator event; the next cycle acts on it."""
+def _why(reason: str) -> str:
     if not reason.strip():
         raise typer.BadParameter("--reason must say why", param_hint="--reason")
+    return reason.strip()
+
+
+def _record_lever(kind: str, reason: str, actor: str | None) -> None:
+    """Appends an audited operator event; the next cycle acts on it."""
+    reason = _why(reason)
     settings = _settings()
 
     async def record() -> None:

@@ -100,6 +100,10 @@ class Orchestrator:
         self._timeout = cycle_timeout_sec
         self.last_tick: float | None = None  # monotonic time of the last finished cycle
 
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
     async def run_cycle(self, stop: asyncio.Event | None = None) -> CycleReport:
         """One cycle under a timeout; never raises for store or provider trouble."""
         stop = stop or asyncio.Event()

@@ -320,3 +320,17 @@ def render_text(report: HealthReport) -> str:
     )
     lines.append("levers: " + ", ".join(f"{k}={v}" for k, v in doc["levers"].items()))
     return "\n".join(lines)
+
+
+async def read_report(settings: Settings, what_if: dict[str, str]) -> HealthReport:
+    """Observes once (exact queue depth) and judges; raises `StoreError` when the
+    state cannot be read. `settings` already carry the what-if overrides."""
+    from ..runtime import resolve_dsn
+    from ..store.postgres import PostgresStore
+
+    store = await PostgresStore.connect(await resolve_dsn(settings), max_size=1)
+    try:
+        snapshot = await store.observe(settings.policy().horizon_sec)
+    finally:
+        await store.close()
+    return judge(snapshot, settings, what_if)

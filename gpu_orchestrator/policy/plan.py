@@ -152,3 +152,33 @@ def _spawn_reason(capacity: int, demand: int, cfg: PolicyConfig) -> Reason:
     if capacity < cfg.min_active_gpus:
         return Reason.MIN_ACTIVE
     return Reason.IDLE_BUFFER
+
+
+def manual_spawn_plan(snapshot: Snapshot, cfg: PolicyConfig, count: int) -> Plan:
+    """An operator's `spawn --count N`: up to N launches, never above
+    `MAX_ACTIVE_GPUS`, on the first offering not backing off (the breaker is the
+    operator's call here; the command is audited)."""
+    pods = sum(1 for w in snapshot.workers if w.status is not WorkerStatus.EXTERNAL)
+    backoffs = offering_backoffs(snapshot.launches, snapshot.now, cfg)
+    offerings = [o for o in cfg.offerings if o not in {b.offering for b in backoffs}]
+    n = min(count, max(0, cfg.max_active_gpus - pods)) if offerings else 0
+    held = (
+        ()
+        if n == count
+        else ((Reason.MAX_ACTIVE_REACHED,) if offerings else (Reason.ALL_OFFERINGS_BACKING_OFF,))
+    )
+    spawn = Action(
+        ActionKind.SPAWN,
+        Reason.MANUAL,
+        "operator spawn",
+        offering=offerings[0] if offerings else None,
+        fallbacks=tuple(offerings[1:]),
+    )
+    return Plan(
+        actions=(spawn,) * n,
+        desired_workers=pods + n,
+        capacity=pods,
+        unmet_demand=count - n,
+        held_back=held,
+        backoffs=backoffs,
+    )

@@ -181,6 +181,19 @@ class PostgresStore:
         """Tasks by status, for people (the cycle never reads this)."""
         return dict(await self._val("task_counts", "select orch_task_counts()"))
 
+    async def list_logs(
+        self, worker_id: str | None, task_id: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return list(
+            await self._val("list_logs", "select orch_logs($1, $2, $3)", worker_id, task_id, limit)
+        )
+
+    async def list_workers(self, limit: int) -> list[dict[str, Any]]:
+        return list(await self._val("list_workers", "select orch_workers($1)", limit))
+
+    async def list_tasks(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        return list(await self._val("list_tasks", "select orch_tasks($1, $2)", status, limit))
+
     # worker agent ---------------------------------------------------------
 
     async def heartbeat(

@@ -1,0 +1,213 @@
+"""Every command of `gpu-orchestrator`, run as an operator runs it: a real process
+against a real database (the local provider starts real worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from gpu_orchestrator.cli import app
+
+COMMANDS = [
+    ["run"], ["once"], ["migrate"], ["config"], ["enqueue"], ["worker"], ["demo"],
+    ["status"], ["spawn"], ["drain"], ["terminate"], ["workers"], ["tasks"], ["logs"],
+    ["breaker", "reset"], ["spawning"], ["kill-switch"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_is_complete(command):
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    cmd = typer.main.get_command(app)
+    for name in command:
+        cmd = cmd.commands[name]  # type: ignore[attr-defined]
+    assert cmd is not None and cmd.help and cmd.help.strip(), f"{command} has no description"
+    for param in cmd.params:  # every option and argument says what it is for
+        assert getattr(param, "help", None), f"{' '.join(command)} {param.name} has no help"
+
+
+class Cli:
+    def __init__(self, dsn: str, data_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "ORCHESTRATOR_DATA_DIR": str(data_dir),
+            "ORCHESTRATOR_PROVIDER": "local",
+            "ORCHESTRATOR_ID": "cli-test",
+            "LOG_FORMAT": "json",
+            "WORKER_HEARTBEAT_SEC": "0.5",
+        }
+        self.dsn = dsn
+
+    async def __call__(self, *args: str, **env: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gpu_orchestrator",
+            *args,
+            env={**self.env, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def fetch(self, sql: str) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def cli(dsn, tmp_path):
+    runner = Cli(dsn, tmp_path)
+    yield runner
+    await runner("kill-switch", "on", "--reason", "test teardown")
+    for row in await runner.fetch("select id from workers where terminated_at is null"):
+        await runner("terminate", row["id"], "--reason", "test teardown")
+
+
+async def test_enqueue_adds_tasks_and_refuses_bad_params(cli):
+    code, out, _ = await cli("enqueue", "--count", "3", "--params", '{"duration_sec": 0.1}')
+    assert code == 0 and "enqueued 3" in out
+    code, _, err = await cli("enqueue", "--params", "[1]")
+    assert code == 2 and "JSON object" in err
+    rows = await cli.fetch("select params from tasks")
+    assert len(rows) == 3
+
+
+async def test_worker_without_a_worker_id_says_so(cli):
+    code, _, err = await cli("worker")
+    assert code == 2 and "WORKER_ID" in err
+
+
+async def test_spawn_respects_max_and_drain_and_terminate_are_audited(cli):
+    code, out, _ = await cli(
+        "spawn", "--count", "3", "--reason", "warm up", "--actor", "alice", MAX_ACTIVE_GPUS="2"
+    )
+    assert code == 0, out
+    assert out.count("done:") == 2 and "1 not launched: max_active_reached" in out
+    first, second = [r["id"] for r in await cli.fetch("select id from workers order by id")]
+
+    code, out, _ = await cli("drain", first, "--reason", "rotate", "--actor", "bob")
+    assert code == 0 and "draining" in out
+    code, _, err = await cli("drain", first, "--reason", "again")
+    assert code == 1 and "not a spawning or active worker" in err
+
+    code, out, _ = await cli("terminate", second, "--reason", "bad node", "--actor", "carol")
+    assert code == 0 and "terminated" in out
+    rows = {
+        r["id"]: (r["status"], r["termination_reason"])
+        for r in await cli.fetch("select id, status, termination_reason from workers")
+    }
+    assert rows[first][0] == "terminating"
+    assert rows[second] == ("terminated", "manual")
+    events = [
+        (r["kind"], r["actor"], r["reason"])
+        for r in await cli.fetch("select kind, actor, reason from orchestrator_events order by id")
+    ]
+    assert events == [
+        ("operator_spawn", "alice", "warm up"),
+        ("operator_drain", "bob", "rotate"),
+        ("operator_terminate", "carol", "bad node"),
+    ]
+
+
+async def test_levers_are_audited_and_change_the_next_plan(cli):
+    await cli("enqueue", "--count", "2")
+    assert (await cli("spawning", "pause", "--reason", "maintenance", "--actor", "ops"))[0] == 0
+    code, out, _ = await cli("once")
+    assert json.loads(out)["plan"]["held_back"] == ["spawning_paused"]
+    await cli("spawning", "resume", "--reason", "done")
+    await cli("kill-switch", "on", "--reason", "budget")
+    code, out, _ = await cli("once")
+    assert json.loads(out)["plan"]["held_back"] == ["kill_switch"]
+    await cli("kill-switch", "off", "--reason", "budget ok")
+    code, _, _ = await cli("breaker", "reset", "--reason", "image fixed")
+    assert code == 0
+    code, _, err = await cli("breaker", "reset", "--reason", "  ")
+    assert code == 2 and "must say why" in err
+    kinds = [r["kind"] for r in await cli.fetch("select kind from orchestrator_events order by id")]
+    assert kinds == [
+        "spawning_paused", "spawning_resumed", "kill_switch_on", "kill_switch_off",
+        "breaker_reset",
+    ]  # fmt: skip
+
+
+async def test_listings_show_workers_tasks_and_logs(cli):
+    await cli("enqueue", "--count", "1", "--params", '{"duration_sec": 0.1}')
+    await cli("spawn", "--reason", "listing test")
+    (worker,) = [r["id"] for r in await cli.fetch("select id from workers")]
+    for _ in range(100):  # the worker boots, heartbeats and ships its start-up log lines
+        done = await cli.fetch("select 1 from tasks where status = 'Complete'")
+        if done:
+            break
+        await asyncio.sleep(0.2)
+    code, out, _ = await cli("workers", "--json")
+    assert code == 0 and json.loads(out)[0]["id"] == worker
+    code, out, _ = await cli("tasks", "--json", "--status", "Complete")
+    assert code == 0 and len(json.loads(out)) == 1
+    code, out, _ = await cli("logs", "--worker", worker, "--json")
+    assert code == 0
+    messages = [line["message"] for line in json.loads(out)]
+    assert any("startup" in m or "start-up" in m for m in messages), messages
+    code, out, _ = await cli("logs", "--worker", "nobody")
+    assert code == 0 and "(none)" in out
+
+
+async def test_run_cycles_until_sigterm_then_hands_the_lease_back(cli):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpu_orchestrator",
+        "run",
+        env={**cli.env, "ORCHESTRATOR_POLL_SEC": "0.2"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    while b'"event": "cycle"' not in (await asyncio.wait_for(proc.stderr.readline(), 30)):
+        pass
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0
+    (lease,) = await cli.fetch(
+        "select holder, expires_at <= now() as free from orchestrator_leases"
+    )
+    assert lease["holder"] == "cli-test" and lease["free"]
+
+
+@pytest.mark.e2e
+async def test_demo_drains_its_queue_and_scales_down(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpu_orchestrator",
+        "demo",
+        "--tasks",
+        "8",
+        "--max-gpus",
+        "2",
+        "--data-dir",
+        str(tmp_path / "d"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 150)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "8 of 8 tasks complete" in out.decode()
