@@ -7,6 +7,7 @@ both ways), else an embedded `pgserver` started in a temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -55,31 +56,32 @@ async def template_db(pg_admin_dsn: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@pytest.fixture
-async def dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test."""
+@contextlib.asynccontextmanager
+async def _scratch_database(admin_dsn: str, create_options: str = "") -> AsyncIterator[str]:
+    """A database of its own for one test, dropped afterwards."""
     name = f"gpo_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    # file_copy: a small template copies faster than the WAL-logged default
-    await admin.execute(f'create database "{name}" template "{template_db}" strategy file_copy')
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'create database "{name}" {create_options}')
     try:
-        yield with_database(pg_admin_dsn, name)
+        yield with_database(admin_dsn, name)
     finally:
         await admin.execute(f'drop database if exists "{name}" with (force)')
         await admin.close()
+
+
+@pytest.fixture
+async def dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    # file_copy: a small template copies faster than the WAL-logged default
+    async with _scratch_database(pg_admin_dsn, f'template "{template_db}" strategy file_copy') as d:
+        yield d
 
 
 @pytest.fixture
 async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
     """A fresh database with no migrations applied."""
-    name = f"gpo_e_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    await admin.execute(f'create database "{name}"')
-    try:
-        yield with_database(pg_admin_dsn, name)
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
+    async with _scratch_database(pg_admin_dsn) as d:
+        yield d
 
 
 @pytest.fixture
