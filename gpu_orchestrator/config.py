@@ -95,6 +95,18 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # alerts (gpu_orchestrator/ops/alerts.py)
+    alert_webhook_url: SecretStr | None = None
+    alert_webhook_format: Literal["slack", "generic"] | None = None
+    alert_webhook_timeout_sec: Annotated[float, Field(gt=0, le=60)] = 5
+    alert_cooldown_sec: Annotated[float, Field(ge=0)] = 900
+    alert_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.5
+    alert_heartbeat_stale_sec: PositiveSec = 120
+    alert_no_worker_minutes: Annotated[float, Field(ge=0)] = 5
+    alert_capacity_minutes: Annotated[float, Field(ge=0)] = 15
+    alert_task_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.5
+    alert_task_failure_min_sample: Annotated[int, Field(ge=1)] = 5
+
     # worker agent
     worker_id: str | None = None
     worker_heartbeat_sec: PositiveSec = 20
@@ -121,6 +133,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
+        url = self.alert_webhook_url
+        if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("ALERT_WEBHOOK_URL=<hidden>: must be an http(s) URL")
         if self.breaker_probe_interval_sec > self.breaker_probe_max_interval_sec:
             raise ValueError(
                 f"BREAKER_PROBE_INTERVAL_SEC={self.breaker_probe_interval_sec:g}: must be at most "

@@ -41,6 +41,7 @@ class ActionResult:
     task_id: str | None
     outcome: str  # done | lost_race (someone moved first) | skipped (stopping) | error
     error: str | None = None
+    error_kind: str | None = None  # the error's class, e.g. BalanceError (for alerts)
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -50,6 +51,7 @@ class ActionResult:
             "task_id": self.task_id,
             "outcome": self.outcome,
             "error": self.error,
+            "error_kind": self.error_kind,
         }
 
 
@@ -153,7 +155,7 @@ class Executor:
                 task_id=action.task_id,
                 error=str(exc),
             )
-            return _result(action, "error", error=str(exc))
+            return _result(action, "error", error=str(exc), error_kind=type(exc).__name__)
         return _result(action, "done", worker_id=worker_id)
 
     async def _spawn(self, action: Action, now: datetime) -> str:
@@ -287,7 +289,12 @@ def _launch_outcome(exc: OrchestratorError) -> Reason:
 
 
 def _result(
-    action: Action, outcome: str, *, worker_id: str | None = None, error: str | None = None
+    action: Action,
+    outcome: str,
+    *,
+    worker_id: str | None = None,
+    error: str | None = None,
+    error_kind: str | None = None,
 ) -> ActionResult:
     return ActionResult(
         kind=action.kind,
@@ -296,4 +303,5 @@ def _result(
         task_id=action.task_id,
         outcome=outcome,
         error=error,
+        error_kind=error_kind,
     )
