@@ -41,18 +41,43 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 @app.command()
 def run() -> None:
-    """Run the orchestrator loop every ORCHESTRATOR_POLL_SEC until SIGTERM/SIGINT."""
+    """Run the orchestrator loop every ORCHESTRATOR_POLL_SEC until SIGTERM/SIGINT.
+
+    With PORT set it serves /livez, /readyz, /metrics and /status; with
+    ALERT_WEBHOOK_URL set it sends alerts."""
     settings = _settings()
 
     async def main() -> None:
+        from .loop import CycleReport
+        from .ops.alert_rules import AlertConfig
+        from .ops.alerts import Alerter
+        from .ops.http import OpsServer
+        from .ops.metrics import Metrics
         from .runtime import open_runtime
         from .signals import stop_on_signals
 
         stop = stop_on_signals()
         runtime = await open_runtime(settings)
+        metrics = Metrics()
+        alerter = Alerter(AlertConfig.from_settings(settings))
+        ops = None
+
+        def observe(report: CycleReport) -> None:
+            metrics.observe_cycle(report)
+            alerter.observe(report)
+
         try:
-            await runtime.orchestrator.run_forever(stop, settings.orchestrator_poll_sec)
+            if settings.port is not None:
+                ops = await OpsServer(settings, runtime.orchestrator, runtime.store, metrics).start(
+                    host="0.0.0.0", port=settings.port
+                )
+            await runtime.orchestrator.run_forever(
+                stop, settings.orchestrator_poll_sec, on_cycle=observe
+            )
         finally:
+            if ops is not None:
+                await ops.stop()
+            await alerter.aclose()
             await runtime.aclose()
 
     _run(main())

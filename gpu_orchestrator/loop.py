@@ -152,7 +152,10 @@ class Orchestrator:
             while not stop.is_set():
                 report = await self.run_cycle(stop)
                 if on_cycle is not None:
-                    on_cycle(report)
+                    try:
+                        on_cycle(report)
+                    except Exception:  # an observer (metrics, alerts) must not stop the loop
+                        log.exception("on_cycle_failed", cycle_id=report.cycle_id)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll_sec)
         finally:

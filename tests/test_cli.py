@@ -7,10 +7,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -168,21 +170,36 @@ async def test_listings_show_workers_tasks_and_logs(cli):
     assert code == 0 and "(none)" in out
 
 
-async def test_run_cycles_until_sigterm_then_hands_the_lease_back(cli):
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_run_serves_ops_endpoints_then_hands_the_lease_back_on_sigterm(cli):
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gpu_orchestrator",
         "run",
-        env={**cli.env, "ORCHESTRATOR_POLL_SEC": "0.2"},
+        env={**cli.env, "ORCHESTRATOR_POLL_SEC": "0.2", "PORT": str(port)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     while b'"event": "cycle"' not in (await asyncio.wait_for(proc.stderr.readline(), 30)):
         pass
+    drain = asyncio.create_task(proc.stderr.read())  # keep the log pipe from filling up
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        assert (await http.get("/livez")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and "lease: leader" in ready.text
+        assert "gpuorch_cycles_total" in (await http.get("/metrics")).text
+        assert (await http.get("/status")).json()["verdict"] == "healthy"
     proc.send_signal(signal.SIGTERM)
     await asyncio.wait_for(proc.wait(), 30)
+    await drain
     assert proc.returncode == 0
     (lease,) = await cli.fetch(
         "select holder, expires_at <= now() as free from orchestrator_leases"

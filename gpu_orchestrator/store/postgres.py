@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -82,6 +83,11 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """`select 1` within `timeout` s (pool acquisition included)."""
+        async with _translated("ping"), asyncio.timeout(timeout):
+            await self._pool.fetchval("select 1")
 
     # orchestrator ---------------------------------------------------------
 
