@@ -236,13 +236,13 @@ def status(
         return int(report.verdict)
 
     code = _run(once())
-    while watch:
-        try:
+    try:
+        while watch:
             time.sleep(watch)
-        except KeyboardInterrupt:
-            break
-        typer.echo("")
-        code = _run(once())
+            typer.echo("")
+            code = _run(once())
+    except KeyboardInterrupt:  # Ctrl-C ends --watch with the last verdict's code
+        pass
     raise typer.Exit(code)
 
 

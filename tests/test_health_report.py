@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -156,3 +157,25 @@ async def test_unreadable_state_exits_3():
     code, out = await run_script("postgresql://nobody@127.0.0.1:1/none", "--json")
     assert code == 3
     assert json.loads(out.splitlines()[0])["verdict"] == "unknown"
+
+
+async def test_watch_repeats_until_interrupted_and_exits_with_the_last_verdict(dsn):
+    await seed_situation(dsn, healthy_after_failures=False)
+    env = {**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "json"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SCRIPT),
+        "--watch",
+        "1",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    seen = 0
+    while seen < 2:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        seen += line.startswith(b"verdict: BLOCKED")
+    proc.send_signal(signal.SIGINT)
+    await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 2
