@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -11,13 +12,19 @@ import time
 from collections.abc import Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 import typer
 
 from .config import Settings, load_settings
 from .errors import OrchestratorError, SettingsError
 from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = structlog.get_logger()
 
 app = typer.Typer(
     help="Keeps a fleet of GPU workers sized to a Postgres task queue.",
@@ -53,11 +60,12 @@ def run() -> None:
         from .ops.alerts import Alerter
         from .ops.http import OpsServer
         from .ops.metrics import Metrics
-        from .runtime import open_runtime
         from .signals import stop_on_signals
 
         stop = stop_on_signals()
-        runtime = await open_runtime(settings)
+        runtime = await _open_patiently(settings, stop)
+        if runtime is None:
+            return
         metrics = Metrics()
         alerter = Alerter(AlertConfig.from_settings(settings))
         ops = None
@@ -81,6 +89,25 @@ def run() -> None:
             await runtime.aclose()
 
     _run(main())
+
+
+async def _open_patiently(settings: Settings, stop: asyncio.Event) -> Runtime | None:
+    """Opens the runtime, retrying a database that is not up yet (a platform restart
+    budget should not be spent on a database blip); None when stopped meanwhile."""
+    from .errors import StoreError
+    from .runtime import open_runtime
+
+    delay = 1.0
+    while True:
+        try:
+            return await open_runtime(settings)
+        except StoreError as exc:
+            log.warning("database_unavailable_retrying", error=str(exc), retry_in_sec=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return None
+        delay = min(delay * 2, 60.0)
 
 
 @app.command()

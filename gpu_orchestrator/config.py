@@ -146,6 +146,11 @@ class Settings(BaseSettings):
                 f"CAPACITY_BACKOFF_SEC={self.capacity_backoff_sec:g}: must be at most "
                 f"CAPACITY_BACKOFF_MAX_SEC ({self.capacity_backoff_max_sec:g})"
             )
+        if self.worker_database_url is not None and self.database_url is None:
+            raise ValueError(
+                "WORKER_DATABASE_URL is set but DATABASE_URL is not: the orchestrator would "
+                "use its embedded database while pods use another; set DATABASE_URL too"
+            )
         if self.provider_name == "runpod":
             self._check_runpod()
         if self.min_active_gpus > self.max_active_gpus:

@@ -16,7 +16,7 @@ from .providers.local import LocalProvider
 from .providers.runpod import RunpodProvider
 from .store.embedded import embedded_dsn
 from .store.migrate import apply_migrations
-from .store.postgres import PostgresStore
+from .store.postgres import PostgresStore, uses_transaction_pooler
 
 
 async def resolve_dsn(settings: Settings) -> str:
@@ -29,7 +29,8 @@ async def resolve_dsn(settings: Settings) -> str:
 async def migrate(dsn: str) -> list[str]:
     """Applies pending migrations; returns the versions applied now."""
     try:
-        conn = await asyncpg.connect(dsn, timeout=10)
+        cache = 0 if uses_transaction_pooler(dsn) else 100
+        conn = await asyncpg.connect(dsn, timeout=10, statement_cache_size=cache)
     except (OSError, asyncpg.PostgresError) as exc:
         raise StoreError(f"cannot connect to the database: {exc}") from exc
     try:

@@ -119,3 +119,10 @@ create table if not exists orchestrator_events (
     detail jsonb not null default '{}'::jsonb
 );
 create index if not exists orchestrator_events_kind_idx on orchestrator_events (kind, at desc);
+
+-- Tables only the orchestrator uses: with row level security on and no policy, a
+-- Supabase anon or authenticated key reads and writes nothing through the Data
+-- API; the table owner (our DATABASE_URL role) is not subject to it.
+alter table worker_events enable row level security;
+alter table orchestrator_events enable row level security;
+alter table orchestrator_leases enable row level security;
