@@ -33,6 +33,7 @@ import structlog
 
 from ..config import Settings
 from ..errors import StoreError
+from ..httpwire import read_request
 from ..models import Snapshot
 from .health import judge
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -44,7 +45,6 @@ _READ_TIMEOUT_SEC = 5.0  # request line and headers
 _WRITE_TIMEOUT_SEC = 5.0  # a client that does not read its response is dropped
 _STATUS_TIMEOUT_SEC = 10.0  # the /status observation
 _HANDLER_TIMEOUT_SEC = 15.0  # any handler, whatever it awaits
-_MAX_HEADER_LINES = 100
 _MAX_LINE_BYTES = 8192
 _MAX_ERROR_CHARS = 300
 _TEXT = "text/plain; charset=utf-8"
@@ -174,7 +174,7 @@ class OpsServer:
             self._connections.add(task)
         try:
             async with asyncio.timeout(_READ_TIMEOUT_SEC):
-                method, path = await _read_request(reader)
+                method, path = await read_request(reader)
             response = await self.respond(method, path)
             writer.write(response.encode(head_only=method == "HEAD"))
             async with asyncio.timeout(_WRITE_TIMEOUT_SEC):
@@ -297,17 +297,6 @@ def _secrets(settings: Settings) -> tuple[str, ...]:
                 found.update({password, unquote(password)})
     # A very short password would mask ordinary words; drivers do not echo them anyway.
     return tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True))
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """The method and target of the request line; headers are read and ignored."""
-    parts = (await reader.readline()).decode("latin-1").split()
-    if len(parts) != 3:
-        raise ValueError("malformed request line")
-    for _ in range(_MAX_HEADER_LINES):
-        if (await reader.readline()) in (b"\r\n", b"\n", b""):
-            break
-    return parts[0].upper(), parts[1]
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
+from ..httpwire import read_request
+
 # (healthy, body): healthy picks 200 or 503.
 Probe = Callable[[], tuple[bool, dict[str, Any]]]
 
 _READ_TIMEOUT_SEC = 5.0
-_MAX_HEADER_LINES = 100
 
 
 class HealthServer:
@@ -48,7 +49,7 @@ class HealthServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_READ_TIMEOUT_SEC):
-                method, path = await _read_request(reader)
+                method, path = await read_request(reader)
             status, body = self._route(method, path)
             writer.write(_response(status, body, head_only=method == "HEAD"))
             await writer.drain()
@@ -66,17 +67,6 @@ class HealthServer:
             return HTTPStatus.METHOD_NOT_ALLOWED, {"error": "method not allowed"}
         healthy, body = self._probe()
         return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """The method and target of the request line; headers are read and ignored."""
-    parts = (await reader.readline()).decode("latin-1").split()
-    if len(parts) != 3:
-        raise ValueError("malformed request line")
-    for _ in range(_MAX_HEADER_LINES):
-        if (await reader.readline()) in (b"\r\n", b"\n", b""):
-            break
-    return parts[0].upper(), parts[1]
 
 
 def _response(status: HTTPStatus, body: dict[str, Any], head_only: bool = False) -> bytes:
