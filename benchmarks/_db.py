@@ -117,3 +117,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+# $1 realistic queued tasks, oldest first (the claim order), shared by the benchmarks.
+QUEUED_TASKS_SQL = """
+insert into tasks (task_type, params, created_at)
+select 'wan_2_2_t2v',
+       jsonb_build_object('prompt', 'a benchmark prompt, number ' || g
+                                    || repeat(' with some more words', 8),
+                          'seed', g, 'steps', 30, 'resolution', '1280x720'),
+       now() - interval '3 hours' + g * interval '100 milliseconds'
+from generate_series(1, $1::int) g
+"""

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-from _db import add_dsn_argument, scratch_database, table
+from _db import QUEUED_TASKS_SQL, add_dsn_argument, scratch_database, table
 
 TARGET_RATIO = 0.8
 
@@ -42,16 +42,6 @@ returning *
 """
 VARIANTS = {"function": FUNCTION, "bare": BARE}
 
-RESET_QUEUE = """
-insert into tasks (task_type, params, created_at)
-select 'wan_2_2_t2v',
-       jsonb_build_object('prompt', 'a benchmark prompt, number ' || g
-                                    || repeat(' with some more words', 8),
-                          'seed', g, 'steps', 30, 'resolution', '1280x720'),
-       now() - interval '3 hours' + g * interval '100 milliseconds'
-from generate_series(1, $1::int) g
-"""
-
 
 def worker_id(n: int) -> str:
     return f"bench-claimer-{n:02d}"
@@ -73,7 +63,7 @@ async def prepare_database(conn: asyncpg.Connection, claimers: int) -> None:
 
 async def reset_queue(conn: asyncpg.Connection, size: int) -> None:
     await conn.execute("truncate tasks")
-    await conn.execute(RESET_QUEUE, size)
+    await conn.execute(QUEUED_TASKS_SQL, size)
     await conn.execute("analyze tasks")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from unittest import mock
 
 import asyncpg
-from _db import add_dsn_argument, median, p95, scratch_database, table
+from _db import QUEUED_TASKS_SQL, add_dsn_argument, median, p95, scratch_database, table
 
 from gpu_orchestrator.models import PolicyConfig
 from gpu_orchestrator.policy import decide
@@ -215,15 +215,7 @@ SEED_SQL = {
                's3://bucket/' || g || '.mp4'
         from generate_series(1, $1::int) g
     """,
-    "queued tasks": """
-        insert into tasks (task_type, params, created_at)
-        select 'wan_2_2_t2v',
-               jsonb_build_object('prompt', 'a benchmark prompt, number ' || g
-                                            || repeat(' with some more words', 8),
-                                  'seed', g, 'steps', 30, 'resolution', '1280x720'),
-               now() - interval '3 hours' + g * interval '100 milliseconds'
-        from generate_series(1, $1::int) g
-    """,
+    "queued tasks": QUEUED_TASKS_SQL,
 }
 
 
