@@ -250,6 +250,8 @@ class QueueStats:
     queued: int  # claimable `Queued` tasks, counted up to the snapshot's cap
     oldest_queued_at: datetime | None
     capped: bool = False  # the count stopped at the cap: at least `queued`
+    completed_recently: int = 0  # tasks that reached `Complete` within the horizon
+    failed_recently: int = 0  # tasks that reached `Failed` within the horizon
 
 
 @dataclass(frozen=True)

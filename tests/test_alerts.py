@@ -656,3 +656,18 @@ async def test_runpod_refusals_are_classified_from_their_error_text(
         await provider.create_pod(PodSpec("gpu-x", {}, "NVIDIA A40@any"))
     await client.aclose()
     assert provider_problem(spawn_result("error", str(err.value))) == expected
+
+
+def test_observe_judges_the_task_failure_rate_from_the_snapshot() -> None:
+    alerter = Alerter(CFG)
+    failing = snap()
+    failing = replace(
+        failing, queue=replace(failing.queue, completed_recently=2, failed_recently=8)
+    )
+    alerter.observe(report(failing))
+    assert TASK_FAILURE_RATE_HIGH in alerter.firing
+    healthy = replace(
+        failing, queue=replace(failing.queue, completed_recently=98, failed_recently=2)
+    )
+    alerter.observe(report(healthy))
+    assert TASK_FAILURE_RATE_HIGH not in alerter.firing

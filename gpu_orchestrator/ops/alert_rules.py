@@ -76,6 +76,7 @@ class AlertConfig:
     capacity_minutes: float = 15.0  # ALERT_CAPACITY_MINUTES
     task_failure_rate: float = 0.5  # ALERT_TASK_FAILURE_RATE: strictly above
     task_failure_min_sample: int = 5  # ALERT_TASK_FAILURE_MIN_SAMPLE: finished tasks
+    task_window_sec: float = 1800.0  # the snapshot's horizon, over which task outcomes count
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlertConfig:
@@ -93,6 +94,7 @@ class AlertConfig:
             capacity_minutes=settings.alert_capacity_minutes,
             task_failure_rate=settings.alert_task_failure_rate,
             task_failure_min_sample=settings.alert_task_failure_min_sample,
+            task_window_sec=settings.policy().horizon_sec,
         )
 
     @property
@@ -106,9 +108,8 @@ class AlertConfig:
 
 @dataclass(frozen=True)
 class TaskStats:
-    """Task outcomes in a recent window. The snapshot carries no task outcomes today,
-    so the caller supplies these (e.g. tasks whose `generation_processed_at` falls in
-    the last window, by terminal status)."""
+    """Task outcomes in a recent window (the snapshot counts tasks whose
+    `generation_processed_at` falls within its horizon, by terminal status)."""
 
     completed: int  # reached `Complete`
     failed: int  # reached `Failed` (attempts exhausted or dead-lettered)

@@ -59,9 +59,15 @@ class Alerter:
         self._sender: asyncio.Task[None] | None = None
 
     def observe(self, report: CycleReport) -> None:
-        """`Orchestrator.run_forever(on_cycle=alerter.observe)`: `process` without
-        task outcomes."""
-        self.process(report)
+        """`Orchestrator.run_forever(on_cycle=alerter.observe)`: `process` with the
+        task outcomes the snapshot carries."""
+        snap = report.snapshot
+        stats = None
+        if snap is not None:
+            queue = snap.queue
+            window = self._cfg.task_window_sec
+            stats = TaskStats(queue.completed_recently, queue.failed_recently, window)
+        self.process(report, stats)
 
     def process(self, report: CycleReport, task_stats: TaskStats | None = None) -> list[Alert]:
         """Judges one cycle, logs and queues what must be said, returns those alerts.

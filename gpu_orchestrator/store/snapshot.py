@@ -141,6 +141,8 @@ def parse_snapshot(
                 queued := int(doc["queued"]),
                 _ts(doc.get("oldest_queued_at")),
                 capped=queue_cap is not None and queued >= queue_cap,
+                completed_recently=int(doc["finished"][0]),
+                failed_recently=int(doc["finished"][1]),
             ),
             launches=launches,
             breaker=_breaker(doc.get("breaker")),

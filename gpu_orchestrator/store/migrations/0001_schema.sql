@@ -36,6 +36,8 @@ create index if not exists tasks_queued_idx on tasks (created_at, id)
     where status = 'Queued' and run_type = 'gpu';
 create index if not exists tasks_in_progress_idx on tasks (worker_id)
     where status = 'In Progress';
+create index if not exists tasks_finished_idx on tasks (generation_processed_at)
+    where status in ('Complete', 'Failed');
 
 create table if not exists workers (
     id text primary key,

@@ -304,6 +304,12 @@ begin
                 select from tasks q
                 where q.status = 'Queued' and q.run_type = 'gpu'
                 limit queue_cap_param) c),
+        -- task outcomes within the horizon, for the task failure rate alert
+        'finished', (
+            select json_build_array(count(*) filter (where t.status = 'Complete'),
+                                    count(*) filter (where t.status = 'Failed'))
+            from tasks t
+            where t.status in ('Complete', 'Failed') and t.generation_processed_at > since),
         'oldest_queued_at', (
             select extract(epoch from q.created_at) from tasks q
             where q.status = 'Queued' and q.run_type = 'gpu'
