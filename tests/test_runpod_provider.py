@@ -282,3 +282,20 @@ async def test_unknown_pods_with_our_prefix_are_terminated_others_never(loop_wit
         ("terminate_orphan_pod", "gpu-20200101000000-0ff1ce00")
     ]
     assert [p.name for p in fake.live_pods()] == ["someone-elses-pod"]
+
+
+async def test_a_fresh_pod_that_404s_for_a_moment_is_not_failed_within_the_grace(
+    dsn, fake, tmp_path
+):
+    settings = runpod_settings(dsn, orchestrator_data_dir=tmp_path, pod_grace_sec=60)
+    runtime = await open_runtime(settings, dsn=dsn, provider=provider_for(fake, settings))
+    try:
+        await runtime.store.enqueue_tasks([{}])
+        fake.hide_new_pods(reads=3)
+        await runtime.orchestrator.run_cycle()  # spawns; the new pod is not listed yet
+        report = await runtime.orchestrator.run_cycle()
+        assert not [r for r in report.results if r.kind.value == "fail"]
+        (row,) = await rows(runtime)
+        assert row["status"] == "spawning" and len(fake.live_pods()) == 1
+    finally:
+        await runtime.aclose()
