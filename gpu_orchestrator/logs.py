@@ -12,8 +12,12 @@ def configure_logging(fmt: str | None, level: str = "INFO") -> None:
     """`fmt` None picks console on a TTY and JSON elsewhere (Railway, CI, pods)."""
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    # JSON lines carry the event name as `message`, the key log platforms (Railway)
+    # read as the line's text; `level` is already there.
+    tail: list[structlog.typing.Processor] = (
+        [structlog.dev.ConsoleRenderer()]
+        if fmt == "console"
+        else [structlog.processors.EventRenamer("message"), structlog.processors.JSONRenderer()]
     )
     structlog.configure(
         processors=[
@@ -21,7 +25,7 @@ def configure_logging(fmt: str | None, level: str = "INFO") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

@@ -188,7 +188,7 @@ async def test_run_serves_ops_endpoints_then_hands_the_lease_back_on_sigterm(cli
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
-    while b'"event": "cycle"' not in (await asyncio.wait_for(proc.stderr.readline(), 30)):
+    while b'"message": "cycle"' not in (await asyncio.wait_for(proc.stderr.readline(), 30)):
         pass
     drain = asyncio.create_task(proc.stderr.read())  # keep the log pipe from filling up
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from pathlib import Path
 
 import asyncpg
@@ -18,11 +19,15 @@ DATABASE = "gpu_orchestrator"
 
 
 def _start_server(data_dir: Path) -> str:
-    import pgserver  # imported here: it is only needed without DATABASE_URL
-
     pg_dir = data_dir / "pg"
     pg_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pg_dir, cleanup_mode=None)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for XDG_RUNTIME_DIR, which containers often lack;
+        # the fallback it warns about is fine for us.
+        warnings.simplefilter("ignore", UserWarning)
+        import pgserver  # imported here: it is only needed without DATABASE_URL
+
+        server = pgserver.get_server(pg_dir, cleanup_mode=None)  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 
