@@ -10,6 +10,7 @@ from ..models import (
     ActionKind,
     BreakerState,
     BreakerView,
+    OfferingBackoff,
     Plan,
     PolicyConfig,
     Reason,
@@ -47,12 +48,9 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
     desired = desired_workers(demand, cfg)
     failing = {a.worker_id: a.reason for a in health if a.kind is ActionKind.FAIL and a.worker_id}
     breaker = assess_breaker(snapshot, cfg, failing)
-    backoffs = offering_backoffs(snapshot.launches, snapshot.now, cfg)
-    open_offerings = [o for o in cfg.offerings if o not in {b.offering for b in backoffs}]
+    backoffs, open_offerings = _offerings(snapshot, cfg)
 
-    # Pods that may still bill: everything not released, failing ones included
-    # until their termination is confirmed.
-    pods = sum(1 for w in snapshot.workers if w.status is not WorkerStatus.EXTERNAL)
+    pods = _billing_pods(snapshot)
     shortfall = max(0, desired - capacity)
     room = max(0, cfg.max_active_gpus - pods)
     unmet = (demand > capacity and snapshot.queue.queued > 0) or capacity < cfg.min_active_gpus
@@ -146,6 +144,21 @@ def _gate(
     return _Launches(count, False, held[:1])
 
 
+def _billing_pods(snapshot: Snapshot) -> int:
+    """Pods that may still bill: every row not released, failing ones included until
+    their termination is confirmed (external workers are not ours)."""
+    return sum(1 for w in snapshot.workers if w.status is not WorkerStatus.EXTERNAL)
+
+
+def _offerings(
+    snapshot: Snapshot, cfg: PolicyConfig
+) -> tuple[tuple[OfferingBackoff, ...], list[str]]:
+    """The offerings backing off, and the others in preference order."""
+    backoffs = offering_backoffs(snapshot.launches, snapshot.now, cfg)
+    waiting = {b.offering for b in backoffs}
+    return backoffs, [o for o in cfg.offerings if o not in waiting]
+
+
 def _spawn_reason(capacity: int, demand: int, cfg: PolicyConfig) -> Reason:
     if capacity < min(demand, cfg.max_active_gpus):
         return Reason.QUEUE_DEMAND
@@ -158,9 +171,8 @@ def manual_spawn_plan(snapshot: Snapshot, cfg: PolicyConfig, count: int) -> Plan
     """An operator's `spawn --count N`: up to N launches, never above
     `MAX_ACTIVE_GPUS`, on the first offering not backing off (the breaker is the
     operator's call here; the command is audited)."""
-    pods = sum(1 for w in snapshot.workers if w.status is not WorkerStatus.EXTERNAL)
-    backoffs = offering_backoffs(snapshot.launches, snapshot.now, cfg)
-    offerings = [o for o in cfg.offerings if o not in {b.offering for b in backoffs}]
+    pods = _billing_pods(snapshot)
+    backoffs, offerings = _offerings(snapshot, cfg)
     n = min(count, max(0, cfg.max_active_gpus - pods)) if offerings else 0
     held = (
         ()
