@@ -22,6 +22,9 @@ from enum import Enum
 from gpu_orchestrator.models import (
     Action,
     ActionKind,
+    BreakerState,
+    BreakerTransition,
+    BreakerView,
     Plan,
     PolicyConfig,
     QueueStats,
@@ -66,6 +69,20 @@ BASE_CONFIG = PolicyConfig(
     task_stuck_timeout_sec=3600.0,
     graceful_shutdown_timeout_sec=900.0,
     max_task_attempts=3,
+)
+
+
+# The seed runbook's breaker: 30-minute window, threshold 0.8, minimum 5.
+SEED_BREAKER = replace(
+    BASE_CONFIG,
+    max_worker_failure_rate=0.8,
+    failure_window_sec=1800.0,
+    min_workers_for_rate_check=5,
+    breaker_probe_interval_sec=300.0,
+    breaker_probe_max_interval_sec=3600.0,
+    breaker_evidence_sec=300.0,
+    capacity_backoff_sec=60.0,
+    capacity_backoff_max_sec=1800.0,
 )
 
 
@@ -192,3 +209,32 @@ ACTION_TARGET: dict[ActionKind, WorkerStatus] = {
     ActionKind.DRAIN: TERMINATING,
     ActionKind.STOP: TERMINATED,
 }
+
+
+def breaker_view(
+    state: BreakerState = BreakerState.CLOSED,
+    *,
+    failures: tuple[tuple[Reason, int], ...] = (),
+    proven: int = 0,
+    transition: BreakerTransition | None = None,
+) -> BreakerView:
+    """A breaker view with quiet defaults: no probe, no ramp, no forecast."""
+    failed = sum(n for _, n in failures)
+    sample = failed + proven
+    return BreakerView(
+        state=state,
+        failed=failed,
+        proven=proven,
+        rate=failed / sample if sample else None,
+        failures_by_reason=failures,
+        tripped=state is not BreakerState.CLOSED,
+        evidence_worker=None,
+        probe_interval_sec=300.0,
+        next_probe_at=None,
+        probe_worker=None,
+        probation=False,
+        booting_limit=None,
+        aging_out=(),
+        rate_ok_at=None,
+        transition=transition,
+    )

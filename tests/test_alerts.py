@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from policy_builders import ACTIVE, SPAWNING, T0, TERMINATING, ago, snap, worker
+from policy_builders import ACTIVE, SPAWNING, T0, TERMINATING, ago, breaker_view, snap, worker
 from structlog.testing import capture_logs
 
 from gpu_orchestrator.config import load_settings
@@ -67,24 +67,9 @@ def breaker(
     proven: int = 0,
     transition: BreakerTransition | None = None,
 ) -> BreakerView:
-    sample = failed + proven
-    return BreakerView(
-        state=state,
-        failed=failed,
-        proven=proven,
-        rate=failed / sample if sample else None,
-        failures_by_reason=((Reason.BOOT_TIMEOUT, failed),) if failed else (),
-        tripped=False,
-        evidence_worker=None,
-        probe_interval_sec=300.0,
-        next_probe_at=None,
-        probe_worker=None,
-        probation=False,
-        booting_limit=None,
-        aging_out=(),
-        rate_ok_at=None,
-        transition=transition,
-    )
+    failures = ((Reason.BOOT_TIMEOUT, failed),) if failed else ()
+    view = breaker_view(state, failures=failures, proven=proven, transition=transition)
+    return replace(view, tripped=False)
 
 
 def plan(

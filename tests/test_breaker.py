@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from policy_builders import ACTIVE, SPAWNING, T0, ago, config, hold, snap, worker
+from policy_builders import ACTIVE, SEED_BREAKER, SPAWNING, T0, ago, hold, snap, worker
 
 from gpu_orchestrator.models import (
     ActionKind,
@@ -20,17 +20,7 @@ from gpu_orchestrator.models import (
 from gpu_orchestrator.policy import decide
 from gpu_orchestrator.policy.breaker import assess_breaker
 
-SEED = config(
-    max_worker_failure_rate=0.8,
-    failure_window_sec=1800.0,
-    min_workers_for_rate_check=5,
-    breaker_probe_interval_sec=300.0,
-    breaker_probe_max_interval_sec=3600.0,
-    breaker_evidence_sec=300.0,
-    capacity_backoff_sec=60.0,
-    capacity_backoff_max_sec=1800.0,
-    offerings=("A40@EU", "L40S@EU"),
-)
+SEED = replace(SEED_BREAKER, offerings=("A40@EU", "L40S@EU"))
 
 
 def failed(wid: str, age: float, reason: Reason = Reason.BOOT_TIMEOUT, **kw: object) -> Launch:

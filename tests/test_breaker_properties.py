@@ -9,22 +9,14 @@ from datetime import timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_builders import T0, config, snap
+from policy_builders import SEED_BREAKER, T0, snap
 
 from gpu_orchestrator.models import FAILURE_REASONS, BreakerState, Launch, Reason
 from gpu_orchestrator.policy import decide
 from gpu_orchestrator.policy.breaker import assess_breaker
 from gpu_orchestrator.sim.fleet import SimFleet
 
-CFG = config(
-    max_worker_failure_rate=0.8,
-    failure_window_sec=1800.0,
-    min_workers_for_rate_check=5,
-    breaker_probe_interval_sec=300.0,
-    breaker_probe_max_interval_sec=3600.0,
-    breaker_evidence_sec=300.0,
-    offerings=("A", "B"),
-)
+CFG = replace(SEED_BREAKER, offerings=("A", "B"))
 
 REASONS = sorted(FAILURE_REASONS | {Reason.CAPACITY, Reason.MANUAL, Reason.ORPHAN}, key=str)
 

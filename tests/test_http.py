@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from policy_builders import ACTIVE, SPAWNING, T0, TERMINATING, snap, worker
+from policy_builders import ACTIVE, SPAWNING, T0, TERMINATING, breaker_view, snap, worker
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -62,22 +62,7 @@ def _breaker(
     failures: tuple[tuple[Reason, int], ...] = (),
     proven: int = 0,
 ) -> BreakerView:
-    return BreakerView(
-        state=state,
-        failed=sum(n for _, n in failures),
-        proven=proven,
-        rate=rate,
-        failures_by_reason=failures,
-        tripped=state is not BreakerState.CLOSED,
-        evidence_worker=None,
-        probe_interval_sec=300.0,
-        next_probe_at=None,
-        probe_worker=None,
-        probation=False,
-        booting_limit=None,
-        aging_out=(),
-        rate_ok_at=None,
-    )
+    return replace(breaker_view(state, failures=failures, proven=proven), rate=rate)
 
 
 def _result(
