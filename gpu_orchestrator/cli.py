@@ -407,7 +407,7 @@ def _record_lever(kind: str, reason: str, actor: str | None) -> None:
         await apply(dsn)
         store = await PostgresStore.connect(dsn, max_size=1)
         try:
-            await store.record_event(kind, _who(actor), reason.strip())
+            await store.record_event(kind, _who(actor), reason.strip(), fence=None)
         finally:
             await store.close()
 

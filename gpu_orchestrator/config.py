@@ -20,6 +20,17 @@ NonNegInt = Annotated[int, Field(ge=0)]
 PositiveSec = Annotated[float, Field(gt=0)]
 
 
+def lease_margin(lease_sec: float) -> float:
+    """Kept between a cycle's deadline and its lease's end, so that a request still
+    in flight when the cycle is cancelled lands before anyone else may lead."""
+    return max(1.0, 0.1 * lease_sec)
+
+
+def cycle_budget(cycle_timeout_sec: float, lease_sec: float) -> float:
+    """How long one cycle may run: `CYCLE_TIMEOUT_SEC`, and never past its lease."""
+    return min(cycle_timeout_sec, lease_sec - lease_margin(lease_sec))
+
+
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "gpu-orchestrator"
 
@@ -85,10 +96,14 @@ class Settings(BaseSettings):
     # loop & ops
     orchestrator_poll_sec: PositiveSec = 30
     orchestrator_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
-    leader_lease_sec: PositiveSec = 90
-    cycle_timeout_sec: PositiveSec = 120
+    leader_lease_sec: Annotated[float, Field(ge=2)] = 90
+    # a cycle never outlives its lease: the deadline is the sooner of this and the
+    # lease less its margin (`cycle_budget_sec`)
+    cycle_timeout_sec: PositiveSec = 60
     # a pod or intent row younger than this may not show up in the pod list yet
     pod_grace_sec: PositiveSec = 120
+    # a pod missing from every list this long, of a worker silent this long, vanished
+    pod_missing_sec: PositiveSec = 60
     action_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
     # HTTP endpoints (/livez, /readyz, /metrics, /status); Railway injects PORT
     port: Annotated[int, Field(ge=0, le=65535)] | None = None
@@ -187,6 +202,10 @@ class Settings(BaseSettings):
         return "runpod" if self.runpod_api_key is not None else "local"
 
     @property
+    def cycle_budget_sec(self) -> float:
+        return cycle_budget(self.cycle_timeout_sec, self.leader_lease_sec)
+
+    @property
     def worker_dsn(self) -> str | None:
         """The DSN pods get: `WORKER_DATABASE_URL`, else `DATABASE_URL`."""
         chosen = self.worker_database_url or self.database_url
@@ -226,6 +245,9 @@ class Settings(BaseSettings):
             offerings=self.offerings,
             name_prefix=self.worker_name_prefix,
             pod_grace_sec=self.pod_grace_sec,
+            pod_missing_sec=self.pod_missing_sec,
+            # two whole cycles (each: its budget, then a poll) without contact
+            observation_gap_sec=2 * (self.orchestrator_poll_sec + self.cycle_budget_sec),
         )
 
     def redacted(self) -> dict[str, Any]:

@@ -18,6 +18,13 @@ class StoreError(OrchestratorError):
     unexpected answer). The cycle treats what it could not read as unknown."""
 
 
+class LeaseLost(StoreError):
+    """This orchestrator no longer leads: its lease moved to another holder or
+    expired (by the database clock), or the cycle outlived the time the lease was
+    granted for. The database refuses its writes (SQLSTATE `GOL01`); the cycle
+    stops at once and touches no pod."""
+
+
 class ProviderError(OrchestratorError):
     """The GPU provider refused or failed a request."""
 

@@ -2,8 +2,13 @@
 concurrency. Holds no business rules: the plan said what and why; this says how,
 in a crash-safe order (write the status first, then touch the pod).
 
-A failed action becomes an `ActionResult` with outcome `error`, never an exception
-that unwinds the cycle; the next cycle re-reads the world and tries again.
+Fenced: every write carries the leader's lease, and a pod is created or
+terminated only after such a write succeeded in this cycle (and the lease's local
+deadline has not passed). A lost lease (`LeaseLost`) stops the cycle: no action
+starts after it, and it is raised to the loop.
+
+Any other failed action becomes an `ActionResult` with outcome `error`, never an
+exception that unwinds the cycle; the next cycle re-reads the world and tries again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from datetime import datetime
 
 import structlog
 
-from .errors import CapacityError, OfferingForbidden, OrchestratorError, RateLimited
+from .errors import (
+    CapacityError,
+    LeaseLost,
+    OfferingForbidden,
+    OrchestratorError,
+    RateLimited,
+    TransientProviderError,
+)
 from .models import (
     Action,
     ActionKind,
@@ -28,7 +40,7 @@ from .models import (
     WorkerStatus,
 )
 from .providers.base import PodSpec, Provider
-from .store.base import OrchestratorStore
+from .store.base import Fence, OrchestratorStore
 
 log = structlog.get_logger()
 
@@ -39,7 +51,10 @@ class ActionResult:
     reason: Reason
     worker_id: str | None
     task_id: str | None
-    outcome: str  # done | lost_race (someone moved first) | skipped (stopping) | error
+    # done | lost_race (someone moved first) | skipped (stopping, or the lease was
+    # lost) | unresolved (a create whose answer was lost: its row waits for the pod)
+    # | error
+    outcome: str
     error: str | None = None
     error_kind: str | None = None  # the error's class, e.g. BalanceError (for alerts)
 
@@ -64,6 +79,15 @@ class _LostRace(Exception):
     """A compare-and-set found the row already moved by someone else."""
 
 
+class _Unresolved(Exception):
+    """A create ended without an answer (5xx, timeout) and the pod was not found by
+    name: it may still appear. Chained to the provider's error."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(worker_id)
+        self.worker_id = worker_id
+
+
 class Executor:
     def __init__(
         self,
@@ -85,22 +109,32 @@ class Executor:
         self._concurrency = concurrency
 
     async def apply(
-        self, plan: Plan, snapshot: Snapshot, stop: asyncio.Event
+        self, plan: Plan, snapshot: Snapshot, stop: asyncio.Event, fence: Fence | None
     ) -> list[ActionResult]:
-        """Records the breaker transition, then runs every action; once `stop` is set,
-        actions not yet started are skipped (those under way finish, so the state
-        stays consistent)."""
-        await self._record_breaker(plan)
+        """Records what the cycle observed (blind spell, pod sightings, breaker
+        transition), then runs every action; once `stop` is set, actions not yet
+        started are skipped (those under way finish, so the state stays consistent).
+        `fence`: the leader's lease (None for an operator's command). Raises
+        `LeaseLost` once the lease is gone, after the actions under way end."""
+        await self._record_observations(plan, fence)
         pods = {w.id: w.pod_id for w in snapshot.workers}
         gate = asyncio.Semaphore(self._concurrency)
+        lost: list[LeaseLost] = []
 
         async def run(action: Action) -> ActionResult:
             async with gate:
-                if stop.is_set():
+                if stop.is_set() or lost:
                     return _result(action, "skipped")
-                return await self._run(action, pods, snapshot.now)
+                try:
+                    return await self._run(action, pods, snapshot.now, fence)
+                except LeaseLost as exc:
+                    lost.append(exc)
+                    return _result(action, "skipped", error=str(exc))
 
-        return list(await asyncio.gather(*(run(a) for a in plan.actions)))
+        results = list(await asyncio.gather(*(run(a) for a in plan.actions)))
+        if lost:
+            raise lost[0]
+        return results
 
     async def list_pods(self) -> tuple[Pod, ...] | None:
         """The provider's pods, or None when they could not be listed: then
@@ -111,7 +145,37 @@ class Executor:
             log.warning("pod_list_failed", error=str(exc))
             return None
 
-    async def _record_breaker(self, plan: Plan) -> None:
+    async def _record_observations(self, plan: Plan, fence: Fence | None) -> None:
+        """Facts first, decisions second. A failed record is judged again next cycle
+        from the same facts; a lost lease stops the cycle."""
+        try:
+            if plan.observation_gap is not None:
+                since, until = plan.observation_gap
+                await self._store.record_event(
+                    "observation_gap",
+                    self._actor,
+                    "no_contact",
+                    {"from": since.isoformat(), "to": until.isoformat()},
+                    fence=fence,
+                )
+                log.warning(
+                    "observation_gap",
+                    since=since.isoformat(),
+                    seconds=round((until - since).total_seconds(), 1),
+                    message="nobody read the database meanwhile: workers get a full "
+                    "heartbeat timeout from now before they are judged",
+                )
+            if plan.sightings:
+                await self._store.record_pod_sightings(
+                    plan.sightings.missing, plan.sightings.seen, fence=fence
+                )
+            await self._record_breaker(plan, fence)
+        except LeaseLost:
+            raise
+        except OrchestratorError as exc:
+            log.warning("observation_record_failed", error=str(exc))
+
+    async def _record_breaker(self, plan: Plan, fence: Fence | None) -> None:
         move = plan.breaker.transition if plan.breaker is not None else None
         if move is None:
             return
@@ -121,31 +185,37 @@ class Executor:
         detail.update(
             rate=plan.breaker.rate, failed=plan.breaker.failed, proven=plan.breaker.proven
         )
-        try:
-            await self._store.record_event(kind, self._actor, move.reason.value, detail)
-        except OrchestratorError as exc:
-            # The next cycle judges the same transition again from the same facts.
-            log.warning("breaker_record_failed", kind=kind, error=str(exc))
-            return
+        await self._store.record_event(kind, self._actor, move.reason.value, detail, fence=fence)
         log.warning(kind, reason=move.reason, message=move.message, **{"rate": plan.breaker.rate})
 
     async def _run(
-        self, action: Action, pods: dict[str, str | None], now: datetime
+        self, action: Action, pods: dict[str, str | None], now: datetime, fence: Fence | None
     ) -> ActionResult:
-        handlers: dict[ActionKind, Callable[[], Awaitable[str | None]]] = {
-            ActionKind.SPAWN: lambda: self._spawn(action, now),
-            ActionKind.FAIL: lambda: self._fail(action, pods),
-            ActionKind.DRAIN: lambda: self._drain(action),
-            ActionKind.STOP: lambda: self._stop(action, pods),
-            ActionKind.RELEASE: lambda: self._release(action, pods),
-            ActionKind.REQUEUE_ORPHAN: lambda: self._requeue_orphan(action),
-            ActionKind.TERMINATE_ORPHAN_POD: lambda: self._terminate_orphan_pod(action),
+        handlers: dict[ActionKind, Callable[[_Step], Awaitable[str | None]]] = {
+            ActionKind.SPAWN: lambda step: self._spawn(step, now),
+            ActionKind.FAIL: lambda step: self._fail(step, pods),
+            ActionKind.DRAIN: self._drain,
+            ActionKind.STOP: lambda step: self._stop(step, pods),
+            ActionKind.RELEASE: lambda step: self._release(step, pods),
+            ActionKind.REQUEUE_ORPHAN: self._requeue_orphan,
+            ActionKind.TERMINATE_ORPHAN_POD: self._terminate_orphan_pod,
+            ActionKind.ADOPT_POD: self._adopt_pod,
         }
         try:
-            worker_id = await handlers[action.kind]()
+            worker_id = await handlers[action.kind](_Step(action, fence))
         except _LostRace:
             log.info("action_lost_race", kind=action.kind, worker_id=action.worker_id)
             return _result(action, "lost_race")
+        except _Unresolved as unresolved:
+            return _result(
+                action,
+                "unresolved",
+                worker_id=unresolved.worker_id,
+                error=str(unresolved.__cause__),
+                error_kind=type(unresolved.__cause__).__name__,
+            )
+        except LeaseLost:
+            raise
         except OrchestratorError as exc:
             log.warning(
                 "action_failed",
@@ -158,36 +228,52 @@ class Executor:
             return _result(action, "error", error=str(exc), error_kind=type(exc).__name__)
         return _result(action, "done", worker_id=worker_id)
 
-    async def _spawn(self, action: Action, now: datetime) -> str:
+    async def _spawn(self, step: _Step, now: datetime) -> str:
         """Tries the action's offering, then its fallbacks, each launch with its own
         intent row, until one is placed; refusals are recorded as neutral outcomes
         (they back that offering off)."""
+        action = step.action
         candidates = (action.offering, *action.fallbacks)
         for n, offering in enumerate(candidates):
             try:
-                return await self._launch(action, offering, now)
+                return await self._launch(step, offering, now)
             except (CapacityError, OfferingForbidden) as exc:
                 if n + 1 == len(candidates):
                     raise
                 log.info("offering_refused", offering=offering, error=str(exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _launch(self, action: Action, offering: str | None, now: datetime) -> str:
+    async def _launch(self, step: _Step, offering: str | None, now: datetime) -> str:
+        action, fence = step.action, step.fence
         worker_id = new_worker_id(self._prefix, now)
-        # The intent row comes first: a crash after it leaves a `spawning` row that
-        # reconciliation resolves, never an untracked pod.
+        # The intent row comes first, fenced: a crash after it leaves a `spawning` row
+        # that reconciliation resolves, never an untracked pod, and a stale leader
+        # gets no further.
         await self._store.create_worker(
             worker_id,
             self._provider.name,
             {"reason": action.reason.value, "offering": offering, "probe": action.probe},
+            fence=fence,
         )
         spec = PodSpec(worker_id, self._pod_env(worker_id), offering)
+        step.before_provider_call()
         try:
             pod = await self._provider.create_pod(spec)
+        except TransientProviderError as exc:
+            # The pod may exist: the row stays `spawning` and a later list adopts it.
+            log.warning("create_unresolved", worker_id=worker_id, error=str(exc))
+            raise _Unresolved(worker_id) from exc
         except OrchestratorError as exc:
-            await self._give_up_spawn(worker_id, _launch_outcome(exc), exc)
+            await self._store.transition_worker(
+                worker_id,
+                WorkerStatus.ERROR,
+                _launch_outcome(exc),
+                {"error": str(exc)},
+                fence=fence,
+                released=True,
+            )
             raise
-        await self._store.record_pod(worker_id, pod.pod_id, pod.cost_per_hr)
+        await self._store.record_pod(worker_id, pod.pod_id, pod.cost_per_hr, fence=fence)
         log.info(
             "worker_spawned",
             worker_id=worker_id,
@@ -198,40 +284,53 @@ class Executor:
         )
         return worker_id
 
-    async def _give_up_spawn(self, worker_id: str, reason: Reason, exc: Exception) -> None:
-        await self._store.transition_worker(
-            worker_id, WorkerStatus.ERROR, reason, {"error": str(exc)}, released=True
+    async def _adopt_pod(self, step: _Step) -> str:
+        action = step.action
+        assert action.worker_id is not None and action.pod_id is not None
+        adopted = await self._store.record_pod(
+            action.worker_id, action.pod_id, action.cost_per_hr, fence=step.fence, adopted=True
         )
+        if not adopted:
+            raise _LostRace
+        log.info("pod_adopted", worker_id=action.worker_id, pod_id=action.pod_id)
+        return action.worker_id
 
-    async def _transition(self, action: Action, to: WorkerStatus) -> str:
+    async def _transition(self, step: _Step, to: WorkerStatus) -> str:
+        action = step.action
         assert action.worker_id is not None
         moved = await self._store.transition_worker(
-            action.worker_id, to, action.reason, {"message": action.message}
+            action.worker_id,
+            to,
+            action.reason,
+            {"message": action.message},
+            fence=step.fence,
+            expect=action.expect,
         )
         if not moved:
             raise _LostRace
         return action.worker_id
 
-    async def _fail(self, action: Action, pods: dict[str, str | None]) -> str:
-        await self._transition(action, WorkerStatus.ERROR)
-        return await self._release(action, pods)
+    async def _fail(self, step: _Step, pods: dict[str, str | None]) -> str:
+        await self._transition(step, WorkerStatus.ERROR)
+        return await self._release(step, pods)
 
-    async def _drain(self, action: Action) -> str:
-        return await self._transition(action, WorkerStatus.TERMINATING)
+    async def _drain(self, step: _Step) -> str:
+        return await self._transition(step, WorkerStatus.TERMINATING)
 
-    async def _release(self, action: Action, pods: dict[str, str | None]) -> str:
+    async def _release(self, step: _Step, pods: dict[str, str | None]) -> str:
         """A failed worker: requeue what it held, terminate its pod, record it gone."""
-        worker_id = await self._release_pod(action, pods, holder_died=True)
-        await self._store.mark_released(worker_id)
+        worker_id = await self._release_pod(step, pods, holder_died=True)
+        await self._store.mark_released(worker_id, fence=step.fence)
         return worker_id
 
-    async def _stop(self, action: Action, pods: dict[str, str | None]) -> str:
-        await self._release_pod(action, pods, holder_died=False)
-        return await self._transition(action, WorkerStatus.TERMINATED)
+    async def _stop(self, step: _Step, pods: dict[str, str | None]) -> str:
+        await self._release_pod(step, pods, holder_died=False)
+        return await self._transition(step, WorkerStatus.TERMINATED)
 
     async def _release_pod(
-        self, action: Action, pods: dict[str, str | None], *, holder_died: bool
+        self, step: _Step, pods: dict[str, str | None], *, holder_died: bool
     ) -> str:
+        action = step.action
         worker_id = action.worker_id
         assert worker_id is not None
         released = await self._store.release_tasks(
@@ -239,6 +338,7 @@ class Executor:
             None,
             self._max_attempts,
             f"worker {worker_id} lost: {action.reason.value}",
+            fence=step.fence,
             holder_died=holder_died,
         )
         if released:
@@ -250,31 +350,51 @@ class Executor:
                 dead_lettered=len(released.failed),
                 quarantined=list(released.quarantined),
             )
+        step.before_provider_call()
         await self._provider.terminate_pod(worker_id, pods.get(worker_id))
         return worker_id
 
-    async def _terminate_orphan_pod(self, action: Action) -> str | None:
+    async def _terminate_orphan_pod(self, step: _Step) -> str | None:
+        action = step.action
         assert action.worker_id is not None
-        await self._provider.terminate_pod(action.worker_id, action.pod_id)
+        # Recorded first: the fenced write that entitles this leader to the delete.
         await self._store.record_event(
-            "orphan_pod_terminated",
+            "orphan_pod_terminating",
             self._actor,
             action.reason.value,
             {"pod_id": action.pod_id, "name": action.worker_id},
+            fence=step.fence,
         )
+        step.before_provider_call()
+        await self._provider.terminate_pod(action.worker_id, action.pod_id)
         log.warning("orphan_pod_terminated", pod_id=action.pod_id, name=action.worker_id)
         return action.worker_id
 
-    async def _requeue_orphan(self, action: Action) -> str | None:
+    async def _requeue_orphan(self, step: _Step) -> str | None:
+        action = step.action
         released = await self._store.release_tasks(
             action.worker_id,
             action.task_id,
             self._max_attempts,
             f"holder {action.worker_id} gone: {action.reason.value}",
+            fence=step.fence,
         )
         if not released:
             raise _LostRace
         return action.worker_id
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One action under way, and the lease it runs under."""
+
+    action: Action
+    fence: Fence | None
+
+    def before_provider_call(self) -> None:
+        """A pod is touched only while the lease the last write passed is still ours."""
+        if self.fence is not None:
+            self.fence.check()
 
 
 def _launch_outcome(exc: OrchestratorError) -> Reason:

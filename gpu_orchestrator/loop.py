@@ -3,6 +3,11 @@
 Level-triggered: each cycle re-reads the world, so nothing depends on what an
 earlier cycle (or an earlier process) remembered. A cycle that cannot read the
 store acts on nothing.
+
+A cycle never outlives its lease: its deadline is the lease's term less a margin
+(or `CYCLE_TIMEOUT_SEC`, if sooner), every write is fenced by the lease's epoch,
+and a cycle that learns it lost the lease stops at once. No exception ends the
+loop: an unexpected one is logged with its cycle id and the next cycle runs.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from typing import Any
 
 import structlog
 
-from .errors import OrchestratorError
+from .config import cycle_budget, lease_margin
+from .errors import LeaseLost, OrchestratorError
 from .executor import ActionResult, Executor
 from .models import Plan, PolicyConfig, Snapshot
 from .policy import decide
-from .store.base import OrchestratorStore
+from .store.base import Fence, OrchestratorStore
 
 log = structlog.get_logger()
 
@@ -33,7 +39,9 @@ class CycleReport:
     """What one cycle saw, decided and did; printed by `once`, logged by `run`."""
 
     cycle_id: str
-    outcome: str  # ok | retry (could not observe or timed out) | skipped (not leader)
+    # ok | retry (could not observe, timed out, failed) | skipped (not leader, or the
+    # lease was lost during the cycle)
+    outcome: str
     reason: str | None
     duration_ms: float
     snapshot: Snapshot | None = None
@@ -97,8 +105,9 @@ class Orchestrator:
         self._policy = policy
         self._holder = holder
         self._lease_sec = lease_sec
-        self._timeout = cycle_timeout_sec
+        self._timeout = cycle_budget(cycle_timeout_sec, lease_sec)
         self.last_tick: float | None = None  # monotonic time of the last finished cycle
+        self.failing_cycles = 0  # consecutive cycles that ended in `retry`
 
     @property
     def executor(self) -> Executor:
@@ -114,8 +123,14 @@ class Orchestrator:
                 report = await asyncio.wait_for(self._cycle(cycle_id, stop), self._timeout)
             except TimeoutError:
                 report = CycleReport(cycle_id, "retry", "cycle_timeout", 0.0)
+            except LeaseLost as exc:
+                log.warning("lease_lost", error=str(exc))
+                report = CycleReport(cycle_id, "skipped", f"lease_lost: {exc}", 0.0)
             except OrchestratorError as exc:
                 report = CycleReport(cycle_id, "retry", f"{type(exc).__name__}: {exc}", 0.0)
+            except Exception as exc:  # a bug or a hostile answer must not end the loop
+                log.exception("cycle_failed", error=f"{type(exc).__name__}: {exc}")
+                report = CycleReport(cycle_id, "retry", f"unexpected {type(exc).__name__}", 0.0)
             duration = (time.perf_counter() - started) * 1000
             report = CycleReport(
                 report.cycle_id,
@@ -127,17 +142,24 @@ class Orchestrator:
                 report.results,
             )
             self.last_tick = time.monotonic()
+            self.failing_cycles = self.failing_cycles + 1 if report.outcome == "retry" else 0
             _log_cycle(report)
         return report
 
     async def _cycle(self, cycle_id: str, stop: asyncio.Event) -> CycleReport:
+        asked = time.monotonic()  # the lease's term starts after this, by any clock
         lease = await self._store.acquire_lease(LEASE_NAME, self._holder, self._lease_sec)
         if not lease.leader:
             return CycleReport(cycle_id, "skipped", f"not_leader (held by {lease.holder})", 0.0)
+        fence = Fence(
+            LEASE_NAME, lease.epoch, asked + lease.ttl_sec - lease_margin(self._lease_sec)
+        )
         snapshot = await self._store.observe(self._policy.horizon_sec, self._policy.queue_cap)
-        snapshot = replace(snapshot, pods=await self._executor.list_pods())
+        snapshot = replace(
+            snapshot, pods=await self._executor.list_pods(), last_contact_at=lease.last_contact
+        )
         plan = decide(snapshot, self._policy)
-        results = await self._executor.apply(plan, snapshot, stop)
+        results = await self._executor.apply(plan, snapshot, stop, fence)
         return CycleReport(cycle_id, "ok", None, 0.0, snapshot, plan, tuple(results))
 
     async def run_forever(

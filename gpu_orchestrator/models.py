@@ -98,6 +98,10 @@ class Reason(StrEnum):
     OFFERING_FORBIDDEN = "offering_forbidden"  # 403: the account may not use that offering
     RATE_LIMITED = "rate_limited"  # 429 on create: nothing was created
     ORPHAN = "orphan"
+    # a create whose answer was lost (5xx, timeout) and whose pod no list ever
+    # showed by the boot deadline: nothing proves a pod ran, nor that it failed
+    CREATE_LOST = "create_lost"
+    CREATE_UNRESOLVED = "create_unresolved"  # why a listed pod is adopted by its row
     # normal exits and neutral outcomes, continued
     TASK_CAUSED = "task_caused"  # died holding a task later quarantined as poison
     # breaker
@@ -217,6 +221,8 @@ class WorkerView:
     pod_id: str | None = None
     termination_reason: Reason | None = None
     cost_per_hr: float | None = None  # USD/h the provider quoted for its pod
+    # first successful pod list that did not show its pod (None: the last one did)
+    pod_missing_since: datetime | None = None
 
     @property
     def pod_released(self) -> bool:
@@ -267,6 +273,12 @@ class Snapshot:
     breaker: BreakerRecord | None = None  # None: never opened
     controls: Controls = field(default_factory=Controls)
     pods: tuple[Pod, ...] | None = None  # None: the pod list was not read this cycle
+    # when the lease was renewed before this cycle (None: never): the orchestrators'
+    # previous contact with the database
+    last_contact_at: datetime | None = None
+    # the end of the latest recorded spell during which nobody could read the
+    # database: workers could not heartbeat either, so silence before it is not theirs
+    blind_until: datetime | None = None
 
     def holds_by_worker(self) -> dict[str, list[TaskHold]]:
         out: dict[str, list[TaskHold]] = {}
@@ -304,6 +316,11 @@ class PolicyConfig:
     offerings: tuple[str, ...] = ("local",)
     name_prefix: str = "gpu"  # pods named `{prefix}-...` are ours
     pod_grace_sec: float = 120.0  # a pod or row this young may not be listed yet
+    # a pod missing from every list this long, from a worker silent this long, vanished
+    pod_missing_sec: float = 60.0
+    # a gap between two contacts with the database longer than two whole cycles
+    # (each its budget, then a poll) is a blind spell
+    observation_gap_sec: float = 180.0
 
     @property
     def queue_cap(self) -> int:
@@ -325,6 +342,19 @@ class ActionKind(StrEnum):
     RELEASE = "release"  # an `error` row whose pod may still run: requeue, terminate pod
     REQUEUE_ORPHAN = "requeue_orphan"  # an `In Progress` task whose holder is gone
     TERMINATE_ORPHAN_POD = "terminate_orphan_pod"  # a pod of ours with no live row
+    ADOPT_POD = "adopt_pod"  # a listed pod whose create answer was lost: record it
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the plan judged a worker on. Its transition is a compare-and-set on
+    this: when the row moved on meanwhile (another status, a newer heartbeat, a
+    task claimed), the action is a harmless `lost_race`."""
+
+    status: WorkerStatus
+    heartbeat: datetime | None = None  # the last heartbeat the plan saw
+    heartbeat_judged: bool = False  # judged on silence: a newer heartbeat voids it
+    idle: bool = False  # judged idle: a task claimed since voids it
 
 
 @dataclass(frozen=True)
@@ -338,6 +368,8 @@ class Action:
     offering: str | None = None  # SPAWN: where to place the pod
     fallbacks: tuple[str, ...] = ()  # SPAWN: offerings to try next when that one refuses
     probe: bool = False  # SPAWN: the half-open breaker's probe
+    expect: Expected | None = None  # FAIL, DRAIN, STOP: the state it was judged on
+    cost_per_hr: float | None = None  # ADOPT_POD: the listed pod's price
 
 
 @dataclass(frozen=True)
@@ -406,6 +438,18 @@ class OfferingBackoff:
 
 
 @dataclass(frozen=True)
+class PodSightings:
+    """Changes in which live rows' pods a successful list showed, recorded before
+    acting so later cycles can tell a pod gone for a while from one missed once."""
+
+    missing: tuple[str, ...]  # worker ids whose pod was absent (first time)
+    seen: tuple[str, ...]  # worker ids whose pod was absent before and is back
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.seen)
+
+
+@dataclass(frozen=True)
 class Plan:
     """What one cycle will do, and what it will not do and why."""
 
@@ -418,6 +462,10 @@ class Plan:
     backoffs: tuple[OfferingBackoff, ...] = ()  # offerings out of capacity right now
     # why pod reconciliation was skipped this cycle (e.g. an implausible pod list)
     unsafe: str | None = None
+    sightings: PodSightings | None = None  # what this cycle's pod list showed of our rows
+    foreign_pods: tuple[str, ...] = ()  # listed pods not named as ours: never touched
+    # (from, to): a blind spell this cycle found, recorded before acting
+    observation_gap: tuple[datetime, datetime] | None = None
 
     def count(self, kind: ActionKind) -> int:
         return sum(1 for a in self.actions if a.kind is kind)

@@ -35,6 +35,7 @@ import os
 import random
 import string
 import threading
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -120,6 +121,7 @@ class RecordedRequest:
     json: Any
     headers: dict[str, str]
     status: int | None = None
+    at: float = field(default_factory=time.monotonic)  # real time it arrived
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ class FakePod:
     hidden_until: float = -math.inf
     started_at: float | None = None
     deleted_at: float | None = None
+    # real (monotonic) times, for tests that check what was live when across processes
+    created_real: float = field(default_factory=time.monotonic)
+    deleted_real: float | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -175,6 +180,7 @@ class _Response:
     body: Any = None  # JSON-able, or None for no body
     headers: dict[str, str] = field(default_factory=dict)
     problem: bool = False
+    raw: bytes | None = None  # a body that is not JSON (a proxy's HTML page): sent as is
 
 
 class _Reject(Exception):
@@ -451,6 +457,9 @@ class FakeRunpod:
         self._timeouts: list[tuple[float, bool, str | None]] = []
         self._hide: tuple[int, float] | None = None
         self._boot_failures: list[str] = []
+        self._latency: dict[str, tuple[float, float]] = {}  # operationId -> real seconds
+        self._latency_random = random.Random(seed)
+        self._garbled: list[str | None] = []
 
     # ------------------------------------------------------------------ clock
 
@@ -528,6 +537,18 @@ class FakeRunpod:
         if reads is None:
             reads = 0 if seconds else 1
         self._hide = None if reads <= 0 and not seconds else (reads, seconds or 0.0)
+
+    def slow(self, operation_id: str, low: float, high: float | None = None) -> None:
+        """Every `operation_id` request (e.g. "listPods", "createPod") waits `low`
+        seconds of real time (uniform in [low, high] when `high` is given, seeded)
+        before it is handled: a slow API. A client that gives up meanwhile does not
+        stop it: the request still takes effect, as on a real server."""
+        self._latency[operation_id] = (low, low if high is None else high)
+
+    def garble_next(self, times: int = 1, method: str | None = None) -> None:
+        """The next `times` requests (of `method`, if given) take effect, but are
+        answered 200 with an HTML page instead of JSON (a proxy in the way)."""
+        self._garbled.extend([method] * times)
 
     def fail_deletes(self, times: int = 1) -> None:
         """The next `times` DELETEs answer 500 and leave the pod."""
@@ -750,7 +771,10 @@ class FakeRunpod:
         )
         payload = b"" if response.body is None else json.dumps(response.body).encode()
         out_headers = dict(response.headers)
-        if response.body is not None:
+        if response.raw is not None:
+            payload = response.raw
+            out_headers["content-type"] = "text/html"
+        elif response.body is not None:
             ctype = "application/problem+json" if response.problem else "application/json"
             out_headers["content-type"] = ctype
         out_headers["content-length"] = str(len(payload))
@@ -813,7 +837,7 @@ class FakeRunpod:
             response.headers.setdefault("RateLimit", '"minute";r=59;t=60')
             response.headers.setdefault("RateLimit-Policy", '"minute";q=60;w=60')
         record.status = response.status
-        if self.validate_responses:
+        if self.validate_responses and response.raw is None:
             self._check_response(op, method, path, response)
         return response
 
@@ -919,6 +943,13 @@ class FakeRunpod:
         if handler is None:
             self.unimplemented.append(record)
             return problem(501, f"{op.operation_id} is not implemented by the fake")
+        if op.operation_id in self._latency:
+            await asyncio.sleep(self._latency_random.uniform(*self._latency[op.operation_id]))
+        for i, only in enumerate(self._garbled):
+            if only is None or only == op.method:
+                del self._garbled[i]
+                handler(params, query, body)
+                return _Response(200, raw=b"<html><body>502 Bad Gateway</body></html>")
         if stall is not None and not stall[1]:
             await asyncio.sleep(stall[0])
             return problem(504, "upstream request timed out")
@@ -1051,6 +1082,7 @@ class FakeRunpod:
             self.delete_failures -= 1
             return problem(500, "internal error while terminating pod")
         pod.deleted_at = self.now()
+        pod.deleted_real = time.monotonic()
         self._refresh(pod)
         return _Response(204)
 

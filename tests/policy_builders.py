@@ -110,6 +110,8 @@ def worker(
     drain_age: float | _Auto | None = AUTO,
     released: bool = False,
     reason: Reason | None = None,
+    pod_id: str | None = None,
+    pod_missing_age: float | None = None,
     now: datetime = T0,
 ) -> WorkerView:
     """One worker row.
@@ -121,6 +123,8 @@ def worker(
     drain_age: since drain was requested; AUTO: 10 s for `terminating`, else None.
     released: the pod is confirmed gone (`terminated_at` set).
     reason: `termination_reason`.
+    pod_id: its pod (None: no create answered yet).
+    pod_missing_age: since a pod list first missed its pod (None: the last one showed it).
     """
     if ready_age is AUTO:
         ready_age = age if _ready_by_default(status) else None
@@ -140,6 +144,8 @@ def worker(
         terminated_at=now if released else None,
         last_task_finished_at=ago(finished_age, now),
         termination_reason=reason,
+        pod_id=pod_id,
+        pod_missing_since=ago(pod_missing_age, now),
     )
 
 

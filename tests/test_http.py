@@ -244,8 +244,9 @@ def test_a_capped_queue_count_is_flagged() -> None:
 
 
 class _Loop:
-    def __init__(self, last_tick: float | None = None) -> None:
+    def __init__(self, last_tick: float | None = None, failing_cycles: int = 0) -> None:
         self.last_tick = last_tick
+        self.failing_cycles = failing_cycles
 
 
 class _Clock:
@@ -330,15 +331,30 @@ async def test_readyz_is_ready_when_the_database_answers_and_the_lease_is_known(
 
     response = await client.get("/readyz")
     assert response.status_code == 503  # no cycle yet: lease state unknown
-    assert response.text == "db: ok\nlease: unknown\n"
+    assert response.text == "db: ok\nlease: unknown\ncycles: ok\n"
 
     metrics.observe_cycle(CycleReport("c1", "skipped", "not_leader (held by old)", 3.0))
     response = await client.get("/readyz")
-    assert response.status_code == 200 and response.text == "db: ok\nlease: standby\n"
+    assert response.status_code == 200 and response.text == "db: ok\nlease: standby\ncycles: ok\n"
 
     metrics.observe_cycle(_ok(snap(), _breaker()))
     response = await client.get("/readyz")
-    assert response.status_code == 200 and response.text == "db: ok\nlease: leader\n"
+    assert response.status_code == 200 and response.text == "db: ok\nlease: leader\ncycles: ok\n"
+
+
+async def test_readyz_is_not_ready_after_three_failed_cycles_in_a_row(
+    serve: Serve, store: PostgresStore
+) -> None:
+    metrics = Metrics()
+    metrics.observe_cycle(_ok(snap(), _breaker()))
+    loop = _Loop(failing_cycles=2)
+    _, client = await serve(store, metrics=metrics, loop=loop)
+    assert (await client.get("/readyz")).status_code == 200
+
+    loop.failing_cycles = 3
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.text.splitlines()[2] == "cycles: failing: the last 3 cycles failed"
 
 
 async def test_readyz_is_not_ready_when_the_database_is_down(serve: Serve) -> None:
@@ -352,7 +368,7 @@ async def test_readyz_is_not_ready_when_the_database_is_down(serve: Serve) -> No
     finally:
         await pool.close()
     assert response.status_code == 503
-    db, lease = response.text.splitlines()
+    db, lease, _ = response.text.splitlines()
     assert db.startswith("db: failed: StoreError") and lease == "lease: leader"
     assert SECRET not in response.text
 
@@ -378,7 +394,7 @@ async def test_metrics_endpoint_serves_the_prometheus_text_format(serve: Serve) 
 
 async def _worker_heartbeating(store: PostgresStore, worker_id: str) -> None:
     await store.pool.execute(
-        "select orch_create_worker($1, 'local', '{\"reason\": \"queue_demand\"}'::jsonb)",
+        "select orch_create_worker(null, null, $1, 'local', '{\"reason\": \"queue_demand\"}')",
         worker_id,
     )
     await store.pool.execute(

@@ -215,7 +215,7 @@ async def test_migrating_a_headless_wan2gp_database_keeps_its_rows_and_works_wit
         assert len(overloads) == 1 and overloads[0]["result"] != "jsonb"
 
         store = await PostgresStore.connect(empty_dsn, max_size=2)
-        await store.create_worker("gpu-1", "local", {"reason": "queue_demand"})
+        await store.create_worker("gpu-1", "local", {"reason": "queue_demand"}, fence=None)
         assert (await store.heartbeat("gpu-1", [], None))["success"] is True
 
         first = await store.claim_task("gpu-1")
@@ -229,12 +229,12 @@ async def test_migrating_a_headless_wan2gp_database_keeps_its_rows_and_works_wit
         # The failed task is queued again and, being the oldest, claimed next.
         again = await store.claim_task("gpu-1")
         assert again is not None and again["id"] == second["id"] and again["attempts"] == 1
-        requeued = await store.release_tasks("gpu-1", None, 3, "worker lost")
+        requeued = await store.release_tasks("gpu-1", None, 3, "worker lost", fence=None)
         assert requeued.requeued == (second["id"],) and requeued.failed == ()
 
         again = await store.claim_task("gpu-1")
         assert again is not None and again["id"] == second["id"]
-        dead = await store.release_tasks("gpu-1", None, 3, "worker lost again")
+        dead = await store.release_tasks("gpu-1", None, 3, "worker lost again", fence=None)
         assert dead.failed == (second["id"],) and dead.requeued == ()
 
         statuses = dict(
@@ -249,7 +249,9 @@ async def test_migrating_a_headless_wan2gp_database_keeps_its_rows_and_works_wit
         assert [w.id for w in snapshot.workers] == ["gpu-1"]
         assert snapshot.workers[0].status is WorkerStatus.ACTIVE
         assert snapshot.queue.queued == 1
-        assert await store.transition_worker("gpu-1", WorkerStatus.TERMINATING, Reason.SCALED_DOWN)
+        assert await store.transition_worker(
+            "gpu-1", WorkerStatus.TERMINATING, Reason.SCALED_DOWN, fence=None
+        )
     finally:
         if store is not None:
             await store.close()
@@ -266,7 +268,7 @@ async def test_the_snapshot_reads_legacy_worker_statuses_without_crashing(
     await store.pool.execute(
         "insert into workers (id, status) values ('legacy-1', $1)", legacy_status
     )
-    await store.create_worker("gpu-1", "local", {})
+    await store.create_worker("gpu-1", "local", {}, fence=None)
     seen = {w.id: w.status for w in (await store.observe()).workers}
     assert seen.get("gpu-1") is WorkerStatus.SPAWNING
     assert ("legacy-1" in seen) is in_snapshot

@@ -284,8 +284,14 @@ FAIL, STOP, RELEASE = ActionKind.FAIL, ActionKind.STOP, ActionKind.RELEASE
 
 HEALTH = [
     pytest.param(
-        Health(snap(worker("s1", SPAWNING, age=601)), {"s1": (FAIL, Reason.BOOT_TIMEOUT)}),
+        Health(
+            snap(worker("s1", SPAWNING, age=601, pod_id="p1")), {"s1": (FAIL, Reason.BOOT_TIMEOUT)}
+        ),
         id="spawning_past_boot_deadline_fails_boot_timeout",
+    ),
+    pytest.param(
+        Health(snap(worker("s1", SPAWNING, age=601)), {"s1": (FAIL, Reason.CREATE_LOST)}),
+        id="spawning_past_boot_deadline_without_any_pod_is_a_lost_create_not_a_failure",
     ),
     pytest.param(
         Health(snap(worker("s1", SPAWNING, age=599)), {}),

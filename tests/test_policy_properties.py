@@ -225,8 +225,9 @@ def test_a_worker_holding_a_task_is_ended_only_when_it_or_its_task_is_lost(
     world: World, cfg: PolicyConfig
 ) -> None:
     """DRAIN never touches a holder; FAIL/STOP of a holder only for heartbeat_lost,
-    stuck_task or drain_timeout, or boot_timeout of a `spawning` row (the claim SQL
-    lets a worker claim before its first heartbeat, so a booting row can hold a task)."""
+    stuck_task or drain_timeout, or boot_timeout / create_lost of a `spawning` row (the
+    claim SQL lets a worker claim before its first heartbeat, so a booting row can
+    hold a task)."""
     snapshot = world.build()
     status_of = {w.id: w.status for w in snapshot.workers}
     busy = holders(snapshot)
@@ -236,7 +237,7 @@ def test_a_worker_holding_a_task_is_ended_only_when_it_or_its_task_is_lost(
         assert action.kind is not ActionKind.DRAIN, action
         booting = status_of[action.worker_id] is WorkerStatus.SPAWNING
         assert action.reason in MAY_END_A_HOLDER or (
-            action.reason is Reason.BOOT_TIMEOUT and booting
+            action.reason in (Reason.BOOT_TIMEOUT, Reason.CREATE_LOST) and booting
         ), action
 
 

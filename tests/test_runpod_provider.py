@@ -18,6 +18,7 @@ from gpu_orchestrator.errors import (
     RequestRejected,
     TransientProviderError,
 )
+from gpu_orchestrator.models import ActionKind
 from gpu_orchestrator.providers.base import PodSpec
 from gpu_orchestrator.providers.runpod import Pacer, RunpodProvider
 from gpu_orchestrator.runtime import Runtime, open_runtime
@@ -242,13 +243,19 @@ async def test_a_500_on_create_leaves_exactly_one_pod_owned_by_its_row(loop_with
 
 async def test_a_crash_between_intent_row_and_create_leaves_no_stuck_row(loop_with_fake):
     runtime, fake = loop_with_fake
-    await runtime.store.create_worker("gpu-20260101000000-0badc0de", "runpod", {"reason": "x"})
+    await runtime.store.create_worker(
+        "gpu-20260101000000-0badc0de", "runpod", {"reason": "x"}, fence=None
+    )
     await asyncio.sleep(0.05)  # past POD_GRACE_SEC: a pod would be listed by now
 
     await runtime.orchestrator.run_cycle()  # the "restarted" orchestrator
+    (row,) = await rows(runtime)
+    assert row["status"] == "spawning"  # its create may yet show a pod: wait for one
+    await asyncio.sleep(0.6)  # past SPAWNING_TIMEOUT_SEC: no pod ever showed up
+    await runtime.orchestrator.run_cycle()
 
     (row,) = await rows(runtime)
-    assert (row["status"], row["termination_reason"]) == ("error", "orphan")
+    assert (row["status"], row["termination_reason"]) == ("error", "create_lost")
     assert row["terminated_at"] is not None
     assert fake.live_pods() == []
 
@@ -256,11 +263,14 @@ async def test_a_crash_between_intent_row_and_create_leaves_no_stuck_row(loop_wi
 async def test_a_crash_between_create_and_recording_the_pod_leaves_no_orphan(loop_with_fake):
     runtime, fake = loop_with_fake
     name = "gpu-20260101000000-5eed5eed"
-    await runtime.store.create_worker(name, "runpod", {"reason": "x"})
+    await runtime.store.create_worker(name, "runpod", {"reason": "x"}, fence=None)
     await runtime.provider.create_pod(spec(name))  # no record_pod
 
     first = await runtime.orchestrator.run_cycle()
-    assert not [r for r in first.results if r.worker_id == name]  # its pod is listed: booting
+    (adopted,) = [r for r in first.results if r.worker_id == name]  # its pod is listed
+    assert (adopted.kind, adopted.outcome) == (ActionKind.ADOPT_POD, "done")
+    (row,) = [r for r in await rows(runtime) if r["id"] == name]
+    assert row["pod_id"] == fake.pods_named(name)[0].id
     await asyncio.sleep(0.6)  # past SPAWNING_TIMEOUT_SEC: it never heartbeats
     await runtime.orchestrator.run_cycle()
 

@@ -35,21 +35,23 @@ async def _add_tasks(store: PostgresStore, count: int, *, minutes_ago: int = 0) 
 
 async def _worker(store: PostgresStore, worker_id: str, status: str = "active") -> None:
     """A worker row brought to `status` along the real transitions."""
-    await store.create_worker(worker_id, "local", {"reason": "queue_demand"})
+    await store.create_worker(worker_id, "local", {"reason": "queue_demand"}, fence=None)
     if status == "spawning":
         return
     if status in ("active", "terminating", "terminated"):
         await store.heartbeat(worker_id, [], None)
     if status in ("terminating", "terminated"):
         assert await store.transition_worker(
-            worker_id, WorkerStatus.TERMINATING, Reason.SCALED_DOWN
+            worker_id, WorkerStatus.TERMINATING, Reason.SCALED_DOWN, fence=None
         )
     if status == "terminated":
         assert await store.transition_worker(
-            worker_id, WorkerStatus.TERMINATED, Reason.DRAINED, released=True
+            worker_id, WorkerStatus.TERMINATED, Reason.DRAINED, released=True, fence=None
         )
     if status == "error":
-        assert await store.transition_worker(worker_id, WorkerStatus.ERROR, Reason.BOOT_TIMEOUT)
+        assert await store.transition_worker(
+            worker_id, WorkerStatus.ERROR, Reason.BOOT_TIMEOUT, fence=None
+        )
     assert await _status(store, worker_id) == status
 
 
@@ -368,7 +370,7 @@ async def test_release_requeues_a_workers_tasks_and_dead_letters_those_at_the_li
         await store.claim_task("gpu-1")
     await store.claim_task("gpu-2")
 
-    released = await store.release_tasks("gpu-1", None, 3, "heartbeat_lost")
+    released = await store.release_tasks("gpu-1", None, 3, "heartbeat_lost", fence=None)
     assert released.requeued == (fresh,) and released.failed == (worn,)
     assert (await _task(store, fresh))["status"] == "Queued"
     assert (await _task(store, fresh))["attempts"] == 1
@@ -383,7 +385,7 @@ async def test_release_requeues_a_workers_tasks_and_dead_letters_those_at_the_li
         is not None
     )
 
-    again = await store.release_tasks("gpu-1", None, 3, "heartbeat_lost")
+    again = await store.release_tasks("gpu-1", None, 3, "heartbeat_lost", fence=None)
     assert again.requeued == () and again.failed == ()
 
 
@@ -394,12 +396,12 @@ async def test_release_of_one_task_leaves_the_workers_other_tasks_and_finished_t
     first, second = await _add_tasks(store, 2)
     await store.claim_task("gpu-1")
     await store.claim_task("gpu-1")
-    released = await store.release_tasks("gpu-1", second, 3, "stuck_task")
+    released = await store.release_tasks("gpu-1", second, 3, "stuck_task", fence=None)
     assert released.requeued == (second,)
     assert (await _task(store, first))["status"] == "In Progress"
 
     assert await store.complete_task(first, "gpu-1", {})
-    late = await store.release_tasks("gpu-1", first, 3, "stuck_task")
+    late = await store.release_tasks("gpu-1", first, 3, "stuck_task", fence=None)
     assert late.requeued == () and late.failed == ()
     assert (await _task(store, first))["status"] == "Complete"
 
@@ -413,9 +415,9 @@ async def test_orphaned_tasks_are_requeued_by_their_old_holder_or_by_no_holder(
                   worker_id = case when id = $1::uuid then 'gone-worker' end""",
         by_gone_worker,
     )
-    out = await store.release_tasks("gone-worker", by_gone_worker, 3, "orphan")
+    out = await store.release_tasks("gone-worker", by_gone_worker, 3, "orphan", fence=None)
     assert out.requeued == (by_gone_worker,)
-    out = await store.release_tasks(None, by_nobody, 3, "orphan")
+    out = await store.release_tasks(None, by_nobody, 3, "orphan", fence=None)
     assert out.requeued == (by_nobody,)
     for task_id in (by_gone_worker, by_nobody):
         task = await _task(store, task_id)
@@ -431,15 +433,17 @@ async def test_a_task_held_by_two_workers_that_died_is_quarantined_as_poison(
     await _worker(store, "gpu-3")
     [task_id] = await _add_tasks(store, 1)
     await store.claim_task("gpu-1")
-    first = await store.release_tasks("gpu-1", None, 5, "heartbeat_lost", holder_died=True)
+    first = await store.release_tasks(
+        "gpu-1", None, 5, "heartbeat_lost", holder_died=True, fence=None
+    )
     assert first.requeued == (task_id,) and first.quarantined == ()
 
     # Stopping a healthy worker does not count against the task.
     await store.claim_task("gpu-3")
-    await store.release_tasks("gpu-3", None, 5, "drained", holder_died=False)
+    await store.release_tasks("gpu-3", None, 5, "drained", holder_died=False, fence=None)
 
     await store.claim_task("gpu-2")
-    second = await store.release_tasks("gpu-2", None, 5, "crashed", holder_died=True)
+    second = await store.release_tasks("gpu-2", None, 5, "crashed", holder_died=True, fence=None)
     assert second.quarantined == (task_id,) and second.requeued == second.failed == ()
     task = await _task(store, task_id)
     assert task["status"] == "Failed" and task["quarantined_at"] is not None
@@ -477,7 +481,10 @@ async def test_every_allowed_transition_moves_the_worker_and_writes_one_event(
         edge = f"{start} -> {to.value}"
         await _worker(store, worker_id, start)
         before = await store.pool.fetchval("select max(id) from worker_events")
-        assert await store.transition_worker(worker_id, to, reason, {"why": "test"}) is True, edge
+        assert (
+            await store.transition_worker(worker_id, to, reason, {"why": "test"}, fence=None)
+            is True
+        ), edge
         assert await _status(store, worker_id) == to.value, edge
         events = await store.pool.fetch("select * from worker_events where id > $1", before)
         assert [(e["worker_id"], e["kind"], e["reason"], e["detail"]) for e in events] == [
@@ -506,7 +513,9 @@ async def test_a_transition_from_a_status_not_allowed_changes_nothing(
         await _worker(store, worker_id, start)
         before = await store.pool.fetchrow("select * from workers where id = $1", worker_id)
         events = await store.pool.fetchval("select count(*) from worker_events")
-        moved = await store.transition_worker(worker_id, WorkerStatus(to), Reason.MANUAL)
+        moved = await store.transition_worker(
+            worker_id, WorkerStatus(to), Reason.MANUAL, fence=None
+        )
         assert moved is False, f"{start} -> {to}"
         after = await store.pool.fetchrow("select * from workers where id = $1", worker_id)
         assert after == before, f"{start} -> {to}"
@@ -514,14 +523,17 @@ async def test_a_transition_from_a_status_not_allowed_changes_nothing(
 
 
 async def test_a_transition_of_an_unknown_worker_returns_false(store: PostgresStore) -> None:
-    assert await store.transition_worker("ghost", WorkerStatus.ERROR, Reason.CRASHED) is False
+    assert (
+        await store.transition_worker("ghost", WorkerStatus.ERROR, Reason.CRASHED, fence=None)
+        is False
+    )
     assert await store.pool.fetchval("select count(*) from worker_events") == 0
 
 
 async def test_released_transition_marks_the_pod_gone(store: PostgresStore) -> None:
     await _worker(store, "gpu-1", "active")
     assert await store.transition_worker(
-        "gpu-1", WorkerStatus.ERROR, Reason.POD_VANISHED, released=True
+        "gpu-1", WorkerStatus.ERROR, Reason.POD_VANISHED, released=True, fence=None
     )
     row = await store.pool.fetchrow("select * from workers where id = 'gpu-1'")
     assert row is not None and row["status"] == "error" and row["terminated_at"] is not None
@@ -530,10 +542,10 @@ async def test_released_transition_marks_the_pod_gone(store: PostgresStore) -> N
 
 async def test_mark_released_sets_terminated_at_once_with_one_event(store: PostgresStore) -> None:
     await _worker(store, "gpu-1", "error")
-    await store.mark_released("gpu-1")
+    await store.mark_released("gpu-1", fence=None)
     first = await store.pool.fetchval("select terminated_at from workers where id = 'gpu-1'")
     assert first is not None
-    await store.mark_released("gpu-1")
+    await store.mark_released("gpu-1", fence=None)
     assert (
         await store.pool.fetchval("select terminated_at from workers where id = 'gpu-1'") == first
     )
@@ -542,7 +554,7 @@ async def test_mark_released_sets_terminated_at_once_with_one_event(store: Postg
 
 async def test_record_pod_stores_the_pod_and_an_event(store: PostgresStore) -> None:
     await _worker(store, "gpu-1", "spawning")
-    await store.record_pod("gpu-1", "pod-abc", 0.69)
+    await store.record_pod("gpu-1", "pod-abc", 0.69, fence=None)
     row = await store.pool.fetchrow("select pod_id, cost_per_hr from workers where id = 'gpu-1'")
     assert row is not None and row["pod_id"] == "pod-abc" and float(row["cost_per_hr"]) == 0.69
     assert (await _events(store, "gpu-1"))[-1] == ("pod_created", None)
@@ -623,7 +635,7 @@ async def test_the_snapshot_shows_the_fleet_its_holds_and_the_queue_in_one_call(
     ]:
         await _worker(store, worker_id, status)
     await _worker(store, "w-error-released", "error")
-    await store.mark_released("w-error-released")
+    await store.mark_released("w-error-released", fence=None)
     await store.pool.execute("insert into workers (id, status) values ('w-old', 'inactive')")
 
     oldest, *_ = await _add_tasks(store, 4, minutes_ago=5)

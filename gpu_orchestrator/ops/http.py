@@ -2,8 +2,9 @@
 
 - `GET /livez`: the loop ticked recently. No dependency is checked, so a database
   outage never gets a healthy loop restarted.
-- `GET /readyz`: the database answers `select 1` and the last cycle's lease call
-  answered (leader or standby). One line per named check. Use it as Railway's
+- `GET /readyz`: the database answers `select 1`, the last cycle's lease call
+  answered (leader or standby), and fewer than three cycles in a row failed. One
+  line per named check. Use it as Railway's
   health-check path: a new deployment goes live only once it can reach the
   database and has run a cycle; a standby is ready too, so overlapping deploys
   pass while the old instance still holds the lease.
@@ -47,6 +48,7 @@ _STATUS_TIMEOUT_SEC = 10.0  # the /status observation
 _HANDLER_TIMEOUT_SEC = 15.0  # any handler, whatever it awaits
 _MAX_LINE_BYTES = 8192
 _MAX_ERROR_CHARS = 300
+_FAILING_CYCLES = 3  # this many failed cycles in a row: not ready
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
 
@@ -66,6 +68,10 @@ class Ticking(Protocol):
     @property
     def last_tick(self) -> float | None:
         """Monotonic time the last cycle finished; None before the first one."""
+
+    @property
+    def failing_cycles(self) -> int:
+        """Consecutive cycles that ended in `retry` (0 after any other outcome)."""
 
 
 @dataclass(frozen=True)
@@ -132,9 +138,9 @@ class OpsServer:
     def stale_after_sec(self) -> float:
         """`/livez` fails when no cycle finished for this long (or, before the first
         one, since `start`): three polls (at least 60 s), plus one cycle that may
-        legitimately run until CYCLE_TIMEOUT_SEC. With the defaults: 90 + 120 s."""
+        legitimately run for its whole budget. With the defaults: 90 + 60 s."""
         cfg = self._settings
-        return max(3 * cfg.orchestrator_poll_sec, 60.0) + cfg.cycle_timeout_sec
+        return max(3 * cfg.orchestrator_poll_sec, 60.0) + cfg.cycle_budget_sec
 
     @property
     def port(self) -> int:
@@ -229,9 +235,11 @@ class OpsServer:
     async def _readyz(self) -> Response:
         db = await self._check_db()
         lease = self._metrics.lease_state
-        ok = db == "ok" and lease != "unknown"
+        failing = self._orchestrator.failing_cycles
+        cycles = "ok" if failing < _FAILING_CYCLES else f"failing: the last {failing} cycles failed"
+        ok = db == "ok" and lease != "unknown" and cycles == "ok"
         status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-        return Response.text(status, [f"db: {db}", f"lease: {lease}"])
+        return Response.text(status, [f"db: {db}", f"lease: {lease}", f"cycles: {cycles}"])
 
     async def _check_db(self) -> str:
         try:

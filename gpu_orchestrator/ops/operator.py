@@ -1,7 +1,8 @@
 """Operator commands behind the CLI: spawn, drain, terminate (each audited in
 `orchestrator_events` with who and why), and read-only listings of workers,
 tasks and log lines. They go through the same store, policy and executor as the
-loop; nothing here edits rows by hand."""
+loop; nothing here edits rows by hand. They are not a leader's: their writes are
+unfenced (`fence=None`), and compare-and-set like every transition."""
 
 from __future__ import annotations
 
@@ -34,9 +35,15 @@ async def spawn(
         snapshot = await runtime.store.observe(settings.policy().horizon_sec)
         plan = manual_spawn_plan(snapshot, settings.policy(), count)
         await runtime.store.record_event(
-            "operator_spawn", actor, why, {"asked": count, "allowed": len(plan.actions)}
+            "operator_spawn",
+            actor,
+            why,
+            {"asked": count, "allowed": len(plan.actions)},
+            fence=None,
         )
-        results = await runtime.orchestrator.executor.apply(plan, snapshot, asyncio.Event())
+        results = await runtime.orchestrator.executor.apply(
+            plan, snapshot, asyncio.Event(), fence=None
+        )
     finally:
         await runtime.aclose()
     return plan, results
@@ -47,11 +54,15 @@ async def drain(settings: Settings, worker_id: str, actor: str, why: str) -> Non
     store = await PostgresStore.connect(await resolve_dsn(settings), max_size=1)
     try:
         moved = await store.transition_worker(
-            worker_id, WorkerStatus.TERMINATING, Reason.MANUAL, {"actor": actor, "why": why}
+            worker_id,
+            WorkerStatus.TERMINATING,
+            Reason.MANUAL,
+            {"actor": actor, "why": why},
+            fence=None,
         )
         if not moved:
             raise OperatorError(f"{worker_id} is not a spawning or active worker")
-        await store.record_event("operator_drain", actor, why, {"worker_id": worker_id})
+        await store.record_event("operator_drain", actor, why, {"worker_id": worker_id}, fence=None)
     finally:
         await store.close()
 
@@ -67,13 +78,15 @@ async def terminate(settings: Settings, worker_id: str, actor: str, why: str) ->
         detail = {"actor": actor, "why": why}
         if worker.status in (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE):
             await runtime.store.transition_worker(
-                worker_id, WorkerStatus.TERMINATING, Reason.MANUAL, detail
+                worker_id, WorkerStatus.TERMINATING, Reason.MANUAL, detail, fence=None
             )
         kind = ActionKind.RELEASE if worker.status is WorkerStatus.ERROR else ActionKind.STOP
         action = Action(kind, Reason.MANUAL, f"operator: {why}", worker_id=worker_id)
-        await runtime.store.record_event("operator_terminate", actor, why, {"worker_id": worker_id})
+        await runtime.store.record_event(
+            "operator_terminate", actor, why, {"worker_id": worker_id}, fence=None
+        )
         (result,) = await runtime.orchestrator.executor.apply(
-            _single(action), snapshot, asyncio.Event()
+            _single(action), snapshot, asyncio.Event(), fence=None
         )
     finally:
         await runtime.aclose()

@@ -1,7 +1,12 @@
 """Health rules: which workers have failed, finished draining, or left work behind.
 
 Each rule looks at one worker (or one orphaned task) at the snapshot's `now` and
-returns at most one action with its reason code.
+returns at most one action with its reason code, and the state it judged (the
+action's `expect`: its transition is a compare-and-set on it).
+
+Silence is never held against a worker for time nobody could read the database:
+after a blind spell (`blind_until`), every worker gets a full heartbeat timeout
+to report before it is judged on silence or on a missed boot deadline.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from datetime import datetime
 from ..models import (
     Action,
     ActionKind,
+    Expected,
     PolicyConfig,
     Reason,
     Snapshot,
@@ -25,10 +31,32 @@ def _age(now: datetime, since: datetime | None) -> float:
     return 0.0 if since is None else (now - since).total_seconds()
 
 
+def observation_gap(snapshot: Snapshot, cfg: PolicyConfig) -> tuple[datetime, datetime] | None:
+    """(from, to): the orchestrators' previous contact with the database was longer
+    ago than a healthy loop allows, so nobody could see the fleet meanwhile."""
+    since = snapshot.last_contact_at
+    if since is None or _age(snapshot.now, since) <= cfg.observation_gap_sec:
+        return None
+    return since, snapshot.now
+
+
+def silence(worker: WorkerView, now: datetime, blind_until: datetime | None) -> float:
+    """Seconds the worker has been silent in time the database could be reached."""
+    heard = worker.last_heartbeat or worker.ready_at or worker.created_at
+    if blind_until is not None and blind_until > heard:
+        heard = blind_until
+    return _age(now, heard)
+
+
 def judge_worker(
-    worker: WorkerView, held: Sequence[TaskHold], now: datetime, cfg: PolicyConfig
+    worker: WorkerView,
+    held: Sequence[TaskHold],
+    now: datetime,
+    cfg: PolicyConfig,
+    blind_until: datetime | None = None,
 ) -> Action | None:
-    """The action one worker needs this cycle, or None when it is fine."""
+    """The action one worker needs this cycle, or None when it is fine.
+    `blind_until`: the end of the latest blind spell (see the module docstring)."""
     status = worker.status
     if status is WorkerStatus.ERROR:
         reason = worker.termination_reason or Reason.UNKNOWN
@@ -40,27 +68,46 @@ def judge_worker(
         )
     if status is WorkerStatus.SPAWNING:
         booting = _age(now, worker.created_at)
-        if booting > cfg.spawning_timeout_sec:
+        just_seen = blind_until is not None and _age(now, blind_until) <= cfg.gpu_idle_timeout_sec
+        if booting <= cfg.spawning_timeout_sec or just_seen:
+            return None
+        if worker.pod_id is None:
+            # No answer to the create, and no list ever showed a pod: nothing says a
+            # pod ran, so nothing says one failed.
             return Action(
                 ActionKind.FAIL,
-                Reason.BOOT_TIMEOUT,
-                f"no first heartbeat {booting:.0f}s after spawn "
-                f"(SPAWNING_TIMEOUT_SEC={cfg.spawning_timeout_sec:g})",
+                Reason.CREATE_LOST,
+                f"no pod seen {booting:.0f}s after an unanswered create",
                 worker_id=worker.id,
+                expect=Expected(status),
             )
-        return None
+        return Action(
+            ActionKind.FAIL,
+            Reason.BOOT_TIMEOUT,
+            f"no first heartbeat {booting:.0f}s after spawn "
+            f"(SPAWNING_TIMEOUT_SEC={cfg.spawning_timeout_sec:g})",
+            worker_id=worker.id,
+            expect=Expected(status),
+        )
     if status not in (WorkerStatus.ACTIVE, WorkerStatus.TERMINATING):
         return None  # external and legacy rows are not ours to manage
 
     if status is WorkerStatus.TERMINATING and not held:
-        return Action(ActionKind.STOP, Reason.DRAINED, "drained and idle", worker_id=worker.id)
-    silent = _age(now, worker.last_heartbeat or worker.ready_at or worker.created_at)
+        return Action(
+            ActionKind.STOP,
+            Reason.DRAINED,
+            "drained and idle",
+            worker_id=worker.id,
+            expect=Expected(status),
+        )
+    silent = silence(worker, now, blind_until)
     if silent > cfg.gpu_idle_timeout_sec:
         return Action(
             ActionKind.FAIL,
             Reason.HEARTBEAT_LOST,
-            f"last heartbeat {silent:.0f}s ago (GPU_IDLE_TIMEOUT_SEC={cfg.gpu_idle_timeout_sec:g})",
+            f"silent for {silent:.0f}s (GPU_IDLE_TIMEOUT_SEC={cfg.gpu_idle_timeout_sec:g})",
             worker_id=worker.id,
+            expect=Expected(status, worker.last_heartbeat, heartbeat_judged=True),
         )
     longest = max((_age(now, h.started_at) for h in held), default=0.0)
     if longest > cfg.task_stuck_timeout_sec:
@@ -70,6 +117,7 @@ def judge_worker(
             f"a task has run {longest:.0f}s "
             f"(TASK_STUCK_TIMEOUT_SEC={cfg.task_stuck_timeout_sec:g})",
             worker_id=worker.id,
+            expect=Expected(status),
         )
     if status is WorkerStatus.TERMINATING:
         draining = _age(now, worker.drain_requested_at)
@@ -80,6 +128,7 @@ def judge_worker(
                 f"still busy {draining:.0f}s after drain request "
                 f"(GRACEFUL_SHUTDOWN_TIMEOUT_SEC={cfg.graceful_shutdown_timeout_sec:g})",
                 worker_id=worker.id,
+                expect=Expected(status),
             )
     return None
 
@@ -101,12 +150,15 @@ def orphan_requeues(snapshot: Snapshot) -> list[Action]:
     ]
 
 
-def health_actions(snapshot: Snapshot, cfg: PolicyConfig) -> list[Action]:
+def health_actions(
+    snapshot: Snapshot, cfg: PolicyConfig, blind_until: datetime | None = None
+) -> list[Action]:
     """Every health action of this cycle, workers in snapshot order, then orphans."""
     holds = snapshot.holds_by_worker()
+    now = snapshot.now
     actions = [
         action
         for worker in snapshot.workers
-        if (action := judge_worker(worker, holds.get(worker.id, ()), snapshot.now, cfg))
+        if (action := judge_worker(worker, holds.get(worker.id, ()), now, cfg, blind_until))
     ]
     return actions + orphan_requeues(snapshot)

@@ -10,6 +10,7 @@ from ..models import (
     ActionKind,
     BreakerState,
     BreakerView,
+    Expected,
     OfferingBackoff,
     Plan,
     PolicyConfig,
@@ -19,8 +20,8 @@ from ..models import (
 )
 from .breaker import assess_breaker
 from .capacity import offering_backoffs
-from .health import health_actions
-from .reconcile import reconcile_actions, unsafe_pod_list
+from .health import health_actions, observation_gap
+from .reconcile import foreign_pods, pod_sightings, reconcile_actions, unsafe_pod_list
 from .scaling import desired_workers, drain_candidates, queue_demand
 
 _ACCEPTS_TASKS = (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE)
@@ -35,8 +36,11 @@ class _Launches:
 
 def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
     """The plan for this cycle. Pure: same snapshot and config, same plan."""
-    health = health_actions(snapshot, cfg)
-    health += reconcile_actions(snapshot, cfg, {a.worker_id for a in health if a.worker_id})
+    gap = observation_gap(snapshot, cfg)
+    blind_until = snapshot.now if gap is not None else snapshot.blind_until
+    health = health_actions(snapshot, cfg, blind_until)
+    judged = {a.worker_id for a in health if a.worker_id}
+    health += reconcile_actions(snapshot, cfg, judged, blind_until)
     leaving = {a.worker_id for a in health if a.kind in (ActionKind.FAIL, ActionKind.STOP)}
     holds = snapshot.holds_by_worker()
 
@@ -90,6 +94,7 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
                     Reason.SCALED_DOWN,
                     f"idle, fleet {capacity} above {desired} wanted",
                     worker_id=w.id,
+                    expect=Expected(w.status, idle=True),
                 )
             )
     return Plan(
@@ -101,6 +106,9 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
         breaker=breaker,
         backoffs=backoffs,
         unsafe=unsafe_pod_list(snapshot, cfg) if snapshot.pods is not None else None,
+        sightings=pod_sightings(snapshot, cfg),
+        foreign_pods=foreign_pods(snapshot, cfg),
+        observation_gap=gap,
     )
 
 

@@ -1,106 +1,178 @@
 """Pod reconciliation: the provider's pod list against the worker rows.
 
-- a pod named with our prefix and no row in the snapshot is an orphan: terminated
-  (once older than the grace, read from the timestamp in its name);
+- only a pod named exactly as this deployment names pods
+  (`{prefix}-{yyyymmddHHMMSS}-{8 hex}`) is ours; any other pod is foreign: never
+  touched, only reported;
+- a pod of ours with no row in the snapshot is an orphan: terminated once older
+  than the grace (read from the timestamp in its name);
+- a `spawning` row without a pod id whose pod is listed lost its create's answer:
+  the pod is adopted (its id recorded), not deleted;
 - a booting worker whose pod exited failed to boot (`boot_failed`);
-- a live worker whose pod is gone vanished (`pod_vanished`); an intent row that
-  never got a pod (the orchestrator died before creating it) is cleaned up as
-  neutral `orphan`.
-A pod that exits after its first heartbeat is left to heartbeat loss. Nothing is
-reconciled when the list was not read, or when it looks impossible (empty while
-several rows expect a pod).
+- a missing pod is evidence only over time: a live worker is `pod_vanished` once
+  every successful list for `pod_missing_sec` missed its pod **and** it has been
+  silent that long. One list that misses a pod (a partial answer) records when the
+  absence began (`PodSightings`), nothing more.
+Nothing is reconciled when the list was not read, or when it looks impossible
+(empty while several rows expect a pod).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from datetime import UTC, datetime
 
 from ..models import (
     Action,
     ActionKind,
+    Expected,
     Pod,
+    PodSightings,
     PolicyConfig,
     Reason,
     Snapshot,
     WorkerStatus,
     WorkerView,
 )
+from .health import silence
 
 _LIVE = (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE, WorkerStatus.TERMINATING)
+_POD_NAME = re.compile(r"(\d{14})-[0-9a-f]{8}")
 
 
 def launched_at(name: str, prefix: str) -> datetime | None:
-    """The launch time encoded in `{prefix}-{yyyymmddHHMMSS}-{hex}`, if it parses."""
-    stamp = name.removeprefix(f"{prefix}-").split("-", 1)[0]
+    """The launch time of a pod named as ours, `{prefix}-{yyyymmddHHMMSS}-{8 hex}`;
+    None for any other name (not ours)."""
+    if not name.startswith(f"{prefix}-"):
+        return None
+    match = _POD_NAME.fullmatch(name[len(prefix) + 1 :])
+    if match is None:
+        return None
     try:
-        return datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        return datetime.strptime(match[1], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
 
 
-def _older_than_grace(since: datetime | None, now: datetime, cfg: PolicyConfig) -> bool:
-    return since is None or (now - since).total_seconds() > cfg.pod_grace_sec
+def _older_than_grace(since: datetime, now: datetime, cfg: PolicyConfig) -> bool:
+    return (now - since).total_seconds() > cfg.pod_grace_sec
+
+
+def foreign_pods(snapshot: Snapshot, cfg: PolicyConfig) -> tuple[str, ...]:
+    """Names of listed pods that are not ours (sorted): never touched, only shown."""
+    return tuple(
+        sorted(
+            pod.name
+            for pod in snapshot.pods or ()
+            if launched_at(pod.name, cfg.name_prefix) is None
+        )
+    )
+
+
+def _expecting_pods(snapshot: Snapshot, cfg: PolicyConfig) -> list[WorkerView]:
+    """Live rows with a pod that every list should show by now."""
+    return [
+        w
+        for w in snapshot.workers
+        if w.status in _LIVE and w.pod_id and _older_than_grace(w.created_at, snapshot.now, cfg)
+    ]
 
 
 def unsafe_pod_list(snapshot: Snapshot, cfg: PolicyConfig) -> str | None:
     """Why the pod list must not be acted on this cycle, if it must not."""
     if snapshot.pods is None:
         return "pod list not read"
-    expected = [
-        w
-        for w in snapshot.workers
-        if w.status in _LIVE and w.pod_id and _older_than_grace(w.created_at, snapshot.now, cfg)
-    ]
+    expected = _expecting_pods(snapshot, cfg)
     if not snapshot.pods and len(expected) >= 2:
         return f"provider lists no pods while {len(expected)} rows expect one"
     return None
 
 
-def reconcile_actions(snapshot: Snapshot, cfg: PolicyConfig, busy: Collection[str]) -> list[Action]:
+def pod_sightings(snapshot: Snapshot, cfg: PolicyConfig) -> PodSightings | None:
+    """Which rows' pods this list missed for the first time, and which are back."""
+    if snapshot.pods is None or unsafe_pod_list(snapshot, cfg) is not None:
+        return None
+    listed = {pod.name for pod in snapshot.pods}
+    missing = tuple(
+        w.id
+        for w in _expecting_pods(snapshot, cfg)
+        if w.id not in listed and w.pod_missing_since is None
+    )
+    seen = tuple(
+        w.id for w in snapshot.workers if w.pod_missing_since is not None and w.id in listed
+    )
+    return PodSightings(missing, seen)
+
+
+def reconcile_actions(
+    snapshot: Snapshot,
+    cfg: PolicyConfig,
+    busy: Collection[str],
+    blind_until: datetime | None = None,
+) -> list[Action]:
     """Actions from the pod list; `busy`: workers that already have an action."""
     if snapshot.pods is None or unsafe_pod_list(snapshot, cfg) is not None:
         return []
     pods = {pod.name: pod for pod in snapshot.pods}
     rows = {w.id for w in snapshot.workers}
-    actions = [
-        Action(
-            ActionKind.TERMINATE_ORPHAN_POD,
-            Reason.ORPHAN,
-            f"pod {pod.pod_id} has no live worker row",
-            worker_id=pod.name,
-            pod_id=pod.pod_id,
-        )
-        for pod in snapshot.pods
-        if pod.name.startswith(f"{cfg.name_prefix}-")
-        and pod.name not in rows
-        and _older_than_grace(launched_at(pod.name, cfg.name_prefix), snapshot.now, cfg)
-    ]
+    actions = []
+    for pod in snapshot.pods:
+        launched = launched_at(pod.name, cfg.name_prefix)
+        if (
+            launched is not None
+            and pod.name not in rows
+            and _older_than_grace(launched, snapshot.now, cfg)
+        ):
+            actions.append(
+                Action(
+                    ActionKind.TERMINATE_ORPHAN_POD,
+                    Reason.ORPHAN,
+                    f"pod {pod.pod_id} has no live worker row",
+                    worker_id=pod.name,
+                    pod_id=pod.pod_id,
+                )
+            )
     for w in snapshot.workers:
         if w.status in _LIVE and w.id not in busy:
-            action = _judge_pod(w, pods.get(w.id), snapshot.now, cfg)
+            action = _judge_pod(w, pods.get(w.id), snapshot.now, cfg, blind_until)
             if action is not None:
                 actions.append(action)
     return actions
 
 
-def _judge_pod(w: WorkerView, pod: Pod | None, now: datetime, cfg: PolicyConfig) -> Action | None:
+def _judge_pod(
+    w: WorkerView, pod: Pod | None, now: datetime, cfg: PolicyConfig, blind_until: datetime | None
+) -> Action | None:
     if pod is not None:
+        if w.pod_id is None:
+            return Action(
+                ActionKind.ADOPT_POD,
+                Reason.CREATE_UNRESOLVED,
+                f"pod {pod.pod_id} listed for a create whose answer was lost",
+                worker_id=w.id,
+                pod_id=pod.pod_id,
+                cost_per_hr=pod.cost_per_hr,
+            )
         if w.status is WorkerStatus.SPAWNING and not pod.running:
             return Action(
                 ActionKind.FAIL,
                 Reason.BOOT_FAILED,
                 f"pod exited before its first heartbeat (status {pod.status})",
                 worker_id=w.id,
+                expect=Expected(w.status),
             )
         return None
-    if not _older_than_grace(w.created_at, now, cfg):
+    if w.pod_id is None or w.pod_missing_since is None:
+        return None  # a create still unresolved (see health), or missed only now
+    missing = (now - w.pod_missing_since).total_seconds()
+    silent = silence(w, now, blind_until)
+    if min(missing, silent) < cfg.pod_missing_sec:
         return None
-    if w.status is WorkerStatus.SPAWNING and w.pod_id is None:
-        return Action(
-            ActionKind.FAIL,
-            Reason.ORPHAN,
-            "intent row whose pod was never created",
-            worker_id=w.id,
-        )
-    return Action(ActionKind.FAIL, Reason.POD_VANISHED, "its pod is gone", worker_id=w.id)
+    return Action(
+        ActionKind.FAIL,
+        Reason.POD_VANISHED,
+        f"its pod has been missing from every list for {missing:.0f}s "
+        f"and the worker silent for {silent:.0f}s",
+        worker_id=w.id,
+        expect=Expected(w.status, w.last_heartbeat, heartbeat_judged=True),
+    )

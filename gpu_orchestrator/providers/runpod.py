@@ -88,7 +88,11 @@ class RunpodProvider:
             base_url=settings.runpod_api_base_url,
             timeout=httpx.Timeout(30.0, connect=10.0),
         )
-        self._auth = {"Authorization": f"Bearer {self._key}"}
+        self._auth = {
+            "Authorization": f"Bearer {self._key}",
+            # which orchestrator asked, for the provider's logs and for ours
+            "User-Agent": f"gpu-orchestrator ({settings.orchestrator_id})",
+        }
         self._pacer = pacer or Pacer()
         self._sleep = sleep
 
@@ -111,7 +115,15 @@ class RunpodProvider:
         if resp.status_code == 404 and method != "POST":
             return None  # no such pod (a POST 404 names an unknown template: an error)
         if resp.is_success:
-            return None if resp.status_code == 204 or not resp.content else resp.json()
+            if resp.status_code == 204 or not resp.content:
+                return None
+            try:
+                return resp.json()
+            except ValueError as exc:  # an HTML page from a proxy: no answer at all
+                raise TransientProviderError(
+                    f"{method} {path}: {resp.status_code} answer is not JSON "
+                    f"({resp.headers.get('content-type', 'no content type')})"
+                ) from exc
         raise self._error(method, path, resp)
 
     def _error(self, method: str, path: str, resp: httpx.Response) -> ProviderError:
@@ -200,9 +212,13 @@ class RunpodProvider:
                 log.info("pod_found_after_ambiguous_create", worker_id=spec.worker_id)
                 return existing
             raise
-        if not isinstance(created, dict):
-            raise TransientProviderError(f"POST /v2/pods: unexpected answer for {spec.worker_id}")
-        return _pod(created)
+        try:
+            return _pod(created)
+        except (KeyError, TypeError, ValueError) as exc:
+            # Accepted, but we cannot tell which pod: a later list adopts it by name.
+            raise TransientProviderError(
+                f"POST /v2/pods: unreadable answer for {spec.worker_id}"
+            ) from exc
 
     async def _find(self, name: str) -> Pod | None:
         return next((pod for pod in await self.list_pods() if pod.name == name), None)
@@ -243,7 +259,10 @@ class RunpodProvider:
         await self._client.aclose()
 
 
-def _pod(raw: dict[str, Any]) -> Pod:
+def _pod(raw: Any) -> Pod:
+    """Raises KeyError, TypeError or ValueError for an answer that is not a pod."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a pod is an object, not {type(raw).__name__}")
     status = str(raw.get("status") or "")
     cost = raw.get("cost")
     return Pod(

@@ -101,7 +101,9 @@ class SimFleet:
         self._next_id += 1
         wid = f"sim-{self._next_id:05d}"
         boots = self.boots(self.now)
-        view = WorkerView(wid, WorkerStatus.SPAWNING, self.now, None, None, None, None, None)
+        view = WorkerView(
+            wid, WorkerStatus.SPAWNING, self.now, None, None, None, None, None, pod_id=f"pod-{wid}"
+        )
         launch = Launch(wid, self.now, offering, probe, True, True, None, None, None, False)
         at = self.now + timedelta(seconds=self.boot_sec) if boots else None
         self.workers[wid] = _Worker(view, launch, at)

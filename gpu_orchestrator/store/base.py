@@ -7,12 +7,14 @@ Postgres store and a REST store implement the same contract. Methods raise
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..models import Reason, Snapshot, WorkerStatus
+from ..errors import LeaseLost
+from ..models import Expected, Reason, Snapshot, WorkerStatus
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,24 @@ class Lease:
     holder: str
     epoch: int  # grows each time leadership changes hands
     expires_at: datetime
+    ttl_sec: float  # how long it is held from now, by the database clock
+    last_contact: datetime | None  # when it was renewed before this call (by anyone)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The lease a leader's writes are checked against. The database refuses a
+    write whose epoch is no longer held; `check` refuses, before a provider call,
+    once the local deadline (the lease's end, less a margin) has passed, which the
+    database cannot see for a call that is not a write."""
+
+    name: str
+    epoch: int
+    deadline: float  # `time.monotonic()` after which the lease may have moved
+
+    def check(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise LeaseLost(f"lease {self.name} epoch {self.epoch}: the cycle outlived it")
 
 
 @dataclass(frozen=True)
@@ -38,10 +58,31 @@ class OrchestratorStore(Protocol):
         """One call. `horizon_sec`: how far back launch history is read;
         `queue_cap`: stop counting queued tasks there (None: exact)."""
 
-    async def create_worker(self, worker_id: str, provider: str, detail: Mapping[str, Any]) -> None:
+    # Every write below takes `fence`: the leader's lease, checked in the same
+    # transaction (`LeaseLost` when it is no longer held); None for an operator's
+    # command, which is audited and compare-and-set like any transition.
+
+    async def create_worker(
+        self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
+    ) -> None:
         """Writes the intent row (`spawning`) before any pod is requested."""
 
-    async def record_pod(self, worker_id: str, pod_id: str, cost_per_hr: float | None) -> None: ...
+    async def record_pod(
+        self,
+        worker_id: str,
+        pod_id: str,
+        cost_per_hr: float | None,
+        *,
+        fence: Fence | None,
+        adopted: bool = False,
+    ) -> bool:
+        """The worker's pod; `adopted`: found in a list after an ambiguous create.
+        False when the row already has another pod."""
+
+    async def record_pod_sightings(
+        self, missing: Sequence[str], seen: Sequence[str], *, fence: Fence | None
+    ) -> None:
+        """Rows whose pod a successful list did not show, and rows whose pod is back."""
 
     async def transition_worker(
         self,
@@ -50,12 +91,15 @@ class OrchestratorStore(Protocol):
         reason: Reason,
         detail: Mapping[str, Any] | None = None,
         *,
+        fence: Fence | None,
+        expect: Expected | None = None,
         released: bool = False,
     ) -> bool:
-        """Compare-and-set from the statuses allowed to reach `to`; False when the
-        row was elsewhere (someone moved first). `released`: no pod is left."""
+        """Compare-and-set on what the plan observed (`expect`), or from any status
+        allowed to reach `to`; False when the row moved on (someone moved first).
+        `released`: no pod is left."""
 
-    async def mark_released(self, worker_id: str) -> None:
+    async def mark_released(self, worker_id: str, *, fence: Fence | None) -> None:
         """The worker's pod is confirmed gone."""
 
     async def release_tasks(
@@ -65,15 +109,23 @@ class OrchestratorStore(Protocol):
         max_attempts: int,
         error: str,
         *,
+        fence: Fence | None,
         holder_died: bool = False,
     ) -> ReleasedTasks:
         """Requeues (or dead-letters at the limit) `In Progress` tasks of a holder;
         when the holder died, a task that has killed two workers is quarantined."""
 
     async def record_event(
-        self, kind: str, actor: str, reason: str, detail: Mapping[str, Any] | None = None
+        self,
+        kind: str,
+        actor: str,
+        reason: str,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        fence: Fence | None,
     ) -> None:
-        """Appends a breaker transition or an operator lever to `orchestrator_events`."""
+        """Appends a breaker transition, a blind spell, an orphan pod or an operator
+        lever to `orchestrator_events`."""
 
     async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease: ...
 

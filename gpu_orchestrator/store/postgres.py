@@ -6,27 +6,37 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
 import asyncpg
 import orjson
 
-from ..errors import StoreError
-from ..models import Reason, Snapshot, WorkerStatus, sources_of
-from .base import Lease, ReleasedTasks
+from ..errors import LeaseLost, StoreError
+from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
+from .base import Fence, Lease, ReleasedTasks
 from .snapshot import parse_snapshot
 
 # Errors that mean "the store could not be reached or answered", translated at
 # this edge so the loop deals with one category.
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# Raised by `orch_check_lease` (migrations/0003_fencing.sql).
+LEASE_LOST_SQLSTATE = "GOL01"
+
+
+def _lease(fence: Fence | None) -> tuple[str | None, int | None]:
+    return (None, None) if fence is None else (fence.name, fence.epoch)
 
 
 @contextlib.asynccontextmanager
 async def _translated(operation: str) -> AsyncIterator[None]:
     try:
         yield
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == LEASE_LOST_SQLSTATE:
+            raise LeaseLost(f"{operation}: {exc}") from exc
+        raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -99,14 +109,48 @@ class PostgresStore:
         doc = await self._val("observe", "select orch_snapshot($1, $2)", horizon_sec, queue_cap)
         return parse_snapshot(doc, horizon_sec, queue_cap)
 
-    async def create_worker(self, worker_id: str, provider: str, detail: Mapping[str, Any]) -> None:
+    async def create_worker(
+        self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
+    ) -> None:
         await self._val(
-            "create_worker", "select orch_create_worker($1, $2, $3)", worker_id, provider, detail
+            "create_worker",
+            "select orch_create_worker($1, $2, $3, $4, $5)",
+            *_lease(fence),
+            worker_id,
+            provider,
+            detail,
         )
 
-    async def record_pod(self, worker_id: str, pod_id: str, cost_per_hr: float | None) -> None:
+    async def record_pod(
+        self,
+        worker_id: str,
+        pod_id: str,
+        cost_per_hr: float | None,
+        *,
+        fence: Fence | None,
+        adopted: bool = False,
+    ) -> bool:
+        return bool(
+            await self._val(
+                "record_pod",
+                "select orch_record_pod($1, $2, $3, $4, $5, $6)",
+                *_lease(fence),
+                worker_id,
+                pod_id,
+                cost_per_hr,
+                adopted,
+            )
+        )
+
+    async def record_pod_sightings(
+        self, missing: Sequence[str], seen: Sequence[str], *, fence: Fence | None
+    ) -> None:
         await self._val(
-            "record_pod", "select orch_record_pod($1, $2, $3)", worker_id, pod_id, cost_per_hr
+            "record_pod_sightings",
+            "select orch_record_pod_sightings($1, $2, $3, $4)",
+            *_lease(fence),
+            list(missing),
+            list(seen),
         )
 
     async def transition_worker(
@@ -116,23 +160,32 @@ class PostgresStore:
         reason: Reason,
         detail: Mapping[str, Any] | None = None,
         *,
+        fence: Fence | None,
+        expect: Expected | None = None,
         released: bool = False,
     ) -> bool:
+        sources = sources_of(to) if expect is None else (expect.status.value,)
         return bool(
             await self._val(
                 "transition_worker",
-                "select orch_transition_worker($1, $2, $3, $4, $5, $6)",
+                "select orch_transition_worker($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                *_lease(fence),
                 worker_id,
-                list(sources_of(to)),
+                list(sources),
                 to.value,
                 reason.value,
                 detail or {},
                 released,
+                expect is not None and expect.heartbeat_judged,
+                None if expect is None else expect.heartbeat,
+                expect is not None and expect.idle,
             )
         )
 
-    async def mark_released(self, worker_id: str) -> None:
-        await self._val("mark_released", "select orch_mark_released($1)", worker_id)
+    async def mark_released(self, worker_id: str, *, fence: Fence | None) -> None:
+        await self._val(
+            "mark_released", "select orch_mark_released($1, $2, $3)", *_lease(fence), worker_id
+        )
 
     async def release_tasks(
         self,
@@ -141,11 +194,13 @@ class PostgresStore:
         max_attempts: int,
         error: str,
         *,
+        fence: Fence | None,
         holder_died: bool = False,
     ) -> ReleasedTasks:
         out = await self._val(
             "release_tasks",
-            "select orch_release_tasks($1, $2::uuid, $3, $4, $5)",
+            "select orch_release_tasks($1, $2, $3, $4::uuid, $5, $6, $7)",
+            *_lease(fence),
             worker_id,
             task_id,
             max_attempts,
@@ -159,11 +214,18 @@ class PostgresStore:
         )
 
     async def record_event(
-        self, kind: str, actor: str, reason: str, detail: Mapping[str, Any] | None = None
+        self,
+        kind: str,
+        actor: str,
+        reason: str,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        fence: Fence | None,
     ) -> None:
         await self._val(
             "record_event",
-            "select orch_record_event($1, $2, $3, $4)",
+            "select orch_record_event($1, $2, $3, $4, $5, $6)",
+            *_lease(fence),
             kind,
             actor,
             reason,
@@ -174,11 +236,14 @@ class PostgresStore:
         out = await self._val(
             "acquire_lease", "select orch_acquire_lease($1, $2, $3)", name, holder, ttl_sec
         )
+        contact = out["last_contact"]
         return Lease(
             leader=bool(out["leader"]),
             holder=str(out["holder"]),
             epoch=int(out["epoch"]),
             expires_at=datetime.fromisoformat(out["expires_at"]),
+            ttl_sec=float(out["ttl_sec"]),
+            last_contact=None if contact is None else datetime.fromtimestamp(contact, UTC),
         )
 
     async def release_lease(self, name: str, holder: str) -> None:

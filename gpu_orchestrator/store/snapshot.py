@@ -56,6 +56,7 @@ def _split_workers(
     for (
         wid, raw_status, created, ready, heartbeat, drain, terminated, finished,
         completed, pod_id, termination, offering, probe, failed, task_caused, cost,
+        missing,
     ) in rows:  # fmt: skip
         status = _STATUS.get(raw_status, WorkerStatus.UNKNOWN)
         created_at = stamp(created, UTC)
@@ -76,6 +77,7 @@ def _split_workers(
                     pod_id,
                     reason,
                     None if cost is None else float(cost),
+                    _ts(missing),
                 )
             )
         live = terminated is None and status in _LIVE
@@ -147,6 +149,7 @@ def parse_snapshot(
             launches=launches,
             breaker=_breaker(doc.get("breaker")),
             controls=_controls(doc["controls"]),
+            blind_until=_ts(doc.get("blind_until")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"malformed snapshot: {exc!r}") from exc

@@ -1,0 +1,439 @@
+-- Fencing, compare-and-set on what the plan observed, pod sightings and blind
+-- spells (issue 8).
+--
+-- Every mutating orchestrator function now takes the lease name and epoch first
+-- and refuses (SQLSTATE GOL01, "lease lost") when that lease has moved on or
+-- expired by the database clock. `null, null` is an operator's command: audited
+-- in `orchestrator_events`, compare-and-set like every transition, not a leader's.
+-- The old signatures are dropped, so an orchestrator of an older version (still
+-- running during a deploy) can no longer write unfenced.
+
+-- When the lease was last renewed (by whoever held it): the orchestrator's last
+-- contact with the database, so a successor knows how long nobody could look.
+alter table orchestrator_leases add column if not exists renewed_at timestamptz;
+-- First successful pod list that did not show this worker's pod (null: shown).
+alter table workers add column if not exists pod_missing_since timestamptz;
+
+drop function if exists orch_create_worker(text, text, jsonb);
+drop function if exists orch_record_pod(text, text, numeric);
+drop function if exists orch_transition_worker(text, text[], text, text, jsonb, boolean);
+drop function if exists orch_mark_released(text);
+drop function if exists orch_record_event(text, text, text, jsonb);
+drop function if exists func_mark_task_failed(uuid, text, text, integer);
+drop function if exists orch_release_tasks(text, uuid, integer, text, boolean, integer);
+drop function if exists orch_acquire_lease(text, text, double precision);
+
+-- Raises GOL01 unless `epoch` of lease `name` is still held (not expired). The
+-- row is locked `for share` until the caller's transaction ends, so a takeover
+-- (which updates the row) waits for the write this check guards.
+create or replace function orch_check_lease(lease_name_param text, lease_epoch_param bigint)
+returns void
+language plpgsql as $$
+begin
+    if lease_name_param is null then
+        return;  -- an operator's command, not a leader's
+    end if;
+    perform 1 from orchestrator_leases
+    where name = lease_name_param and epoch = lease_epoch_param and expires_at > now()
+    for share;
+    if not found then
+        raise exception 'lease % epoch % is no longer held', lease_name_param, lease_epoch_param
+            using errcode = 'GOL01';
+    end if;
+end
+$$;
+
+-- Leader lease: taken when free or expired, renewed by its holder. `epoch` grows
+-- each time the lease changes hands (the fencing token). `last_contact` is when
+-- it was renewed before this call, by anyone: how long nobody reached the database.
+create or replace function orch_acquire_lease(
+    name_param text, holder_param text, ttl_sec_param double precision
+) returns json
+language plpgsql as $$
+declare
+    lease orchestrator_leases%rowtype;
+    previous timestamptz;
+begin
+    select renewed_at into previous from orchestrator_leases where name = name_param for update;
+    insert into orchestrator_leases as l (name, holder, epoch, expires_at, renewed_at)
+    values (name_param, holder_param, 1, now() + make_interval(secs => ttl_sec_param), now())
+    on conflict (name) do update
+        set holder = excluded.holder,
+            epoch = case when l.holder = excluded.holder and l.expires_at >= now()
+                         then l.epoch else l.epoch + 1 end,
+            acquired_at = case when l.holder = excluded.holder and l.expires_at >= now()
+                               then l.acquired_at else now() end,
+            expires_at = excluded.expires_at,
+            renewed_at = now()
+        where l.holder = excluded.holder or l.expires_at < now()
+    returning * into lease;
+    if not found then
+        select * into lease from orchestrator_leases where name = name_param;
+    end if;
+    return json_build_object('leader', lease.holder = holder_param, 'holder', lease.holder,
+                             'epoch', lease.epoch, 'expires_at', lease.expires_at,
+                             'ttl_sec', extract(epoch from lease.expires_at - now()),
+                             'last_contact', extract(epoch from previous));
+end
+$$;
+
+-- Appends an orchestrator-level event (breaker transition, blind spell, orphan
+-- pod, operator lever).
+create or replace function orch_record_event(
+    lease_name_param text, lease_epoch_param bigint,
+    kind_param text, actor_param text, reason_param text, detail_param jsonb default '{}'::jsonb
+) returns json
+language plpgsql as $$
+declare
+    out json;
+begin
+    perform orch_check_lease(lease_name_param, lease_epoch_param);
+    insert into orchestrator_events (kind, actor, reason, detail)
+    values (kind_param, actor_param, reason_param, detail_param)
+    returning json_build_object('id', id, 'at', at, 'kind', kind) into out;
+    return out;
+end
+$$;
+
+-- The intent row, written before the provider is asked for a pod.
+create or replace function orch_create_worker(
+    lease_name_param text, lease_epoch_param bigint,
+    worker_id_param text, provider_param text, detail_param jsonb
+) returns void
+language plpgsql as $$
+begin
+    perform orch_check_lease(lease_name_param, lease_epoch_param);
+    insert into workers (id, status, provider, offering, probe, metadata)
+    values (worker_id_param, 'spawning', provider_param, detail_param ->> 'offering',
+            coalesce((detail_param ->> 'probe')::boolean, false), detail_param);
+    insert into worker_events (worker_id, kind, reason, detail)
+    values (worker_id_param, 'spawning', detail_param ->> 'reason', detail_param);
+end
+$$;
+
+-- The pod of a worker: answered by a create, or found in a pod list after a
+-- create whose answer was lost (`adopted_param`). A row never changes pods.
+create or replace function orch_record_pod(
+    lease_name_param text, lease_epoch_param bigint,
+    worker_id_param text, pod_id_param text, cost_per_hr_param numeric,
+    adopted_param boolean default false
+) returns boolean
+language plpgsql as $$
+begin
+    perform orch_check_lease(lease_name_param, lease_epoch_param);
+    update workers set pod_id = pod_id_param, cost_per_hr = cost_per_hr_param
+    where id = worker_id_param and (pod_id is null or pod_id = pod_id_param);
+    if not found then
+        return false;
+    end if;
+    insert into worker_events (worker_id, kind, reason, detail)
+    values (worker_id_param, case when adopted_param then 'pod_adopted' else 'pod_created' end,
+            null, jsonb_build_object('pod_id', pod_id_param, 'cost_per_hr', cost_per_hr_param));
+    return true;
+end
+$$;
+
+-- What a successful pod list showed: `missing_param` rows' pods were absent
+-- (their absence is dated from the first such list), `seen_param` rows' pods were
+-- there again.
+create or replace function orch_record_pod_sightings(
+    lease_name_param text, lease_epoch_param bigint, missing_param text[], seen_param text[]
+) returns void
+language plpgsql as $$
+begin
+    perform orch_check_lease(lease_name_param, lease_epoch_param);
+    update workers set pod_missing_since = now()
+    where id = any (missing_param) and pod_missing_since is null;
+    update workers set pod_missing_since = null
+    where id = any (seen_param) and pod_missing_since is not null;
+end
+$$;
+
+-- Compare-and-set of a worker's status on what the plan observed, with its event
+-- in the same transaction. False when the row moved on (someone else moved first):
+-- - its status is not one of `from_param`;
+-- - `check_heartbeat_param`: it heartbeated after `heartbeat_seen_param` (the plan
+--   judged it silent);
+-- - `require_idle_param`: it holds a task (the plan judged it idle). The row lock
+--   taken first orders this against a claim, which locks the row too.
+-- `released_param`: the pod is already known gone (nothing left to terminate).
+create or replace function orch_transition_worker(
+    lease_name_param text,
+    lease_epoch_param bigint,
+    worker_id_param text,
+    from_param text[],
+    to_param text,
+    reason_param text,
+    detail_param jsonb default '{}'::jsonb,
+    released_param boolean default false,
+    check_heartbeat_param boolean default false,
+    heartbeat_seen_param timestamptz default null,
+    require_idle_param boolean default false
+) returns boolean
+language plpgsql as $$
+declare
+    prev workers%rowtype;
+begin
+    perform orch_check_lease(lease_name_param, lease_epoch_param);
+    select * into prev from workers where id = worker_id_param for update;
+    if not found or prev.status::text <> all (from_param) then
+        return false;
+    end if;
+    -- The plan's heartbeat time went through a float: a millisecond of slack.
+    if check_heartbeat_param and prev.last_heartbeat is not null
+       and (heartbeat_seen_param is null
+            or prev.last_heartbeat > heartbeat_seen_param + interval '1 millisecond') then
+        return false;
+    end if;
+    if require_idle_param and exists (
+        select 1 from tasks t where t.worker_id = worker_id_param and t.status = 'In Progress'
+    ) then
+        return false;
+    end if;
+    update workers
+    set status = to_param,
+        drain_requested_at = case when to_param = 'terminating'
+                                  then coalesce(drain_requested_at, now())
+                                  else drain_requested_at end,
+        terminated_at = case when released_param or to_param = 'terminated'
+                             then coalesce(terminated_at, now())
+                             else terminated_at end,
+        termination_reason = case when to_param in ('error', 'terminated')
+                                  then reason_param else termination_reason end,
+        failed_at = case when to_param = 'error' then coalesce(failed_at, now())
+                         else failed_at end
+    where id = worker_id_param;
+    insert into worker_events (worker_id, kind, reason, detail)
+    values (worker_id_param, to_param, reason_param, detail_param);
+    return true;
+end
+$$;
+
+-- The pod of a failed worker is confirmed gone.
+create or replace function orch_mark_released(
+    lease_name_param text, lease_epoch_param bigint, worker_id_param text
+) returns void
+language plpgsql as $$
+begin
+    perform orch_check_lease(lease_name_param, lease_epoch_param);
+    with released as (
+        update workers set terminated_at = now()
+        where id = worker_id_param and terminated_at is null
+        returning id
+    )
+    insert into worker_events (worker_id, kind, reason)
+    select id, 'released', null from released;
+end
+$$;
+
+-- Releases `In Progress` tasks with `attempts + 1`: back to `Queued` below the
+-- limit, `Failed` (dead-lettered) at it. Selects the tasks held by `worker_id_param`
+-- (null: held by nobody), optionally only `task_id_param`. When the holder died
+-- (`holder_died_param`), it is added to the task's `lost_by`; a task that has
+-- now killed `quarantine_after_param` workers is quarantined as poison and those
+-- workers' deaths are reclassified as task-caused (neutral for the breaker).
+-- Fenced for the orchestrator; a worker reporting its own failed task passes nulls.
+create or replace function orch_release_tasks(
+    lease_name_param text,
+    lease_epoch_param bigint,
+    worker_id_param text,
+    task_id_param uuid,
+    max_attempts_param integer,
+    error_message_param text,
+    holder_died_param boolean default false,
+    quarantine_after_param integer default 2
+) returns jsonb
+language plpgsql as $$
+declare
+    t record;
+    lost text[];
+    requeued jsonb := '[]'::jsonb;
+    failed jsonb := '[]'::jsonb;
+    quarantined jsonb := '[]'::jsonb;
+begin
+    perform orch_check_lease(lease_name_param, lease_epoch_param);
+    for t in
+        select id, attempts, lost_by from tasks
+        where status = 'In Progress'
+          and worker_id is not distinct from worker_id_param
+          and (task_id_param is null or id = task_id_param)
+        for update
+    loop
+        lost := case when holder_died_param and worker_id_param is not null
+                     then t.lost_by || worker_id_param else t.lost_by end;
+        if holder_died_param and cardinality(lost) >= quarantine_after_param then
+            update tasks
+            set status = 'Failed', attempts = attempts + 1, lost_by = lost,
+                quarantined_at = now(), generation_processed_at = now(), updated_at = now(),
+                error_message = format('quarantined: in progress on %s workers that died (%s)',
+                                       cardinality(lost), array_to_string(lost, ', '))
+            where id = t.id;
+            update workers set task_caused = true where id = any (lost);
+            insert into worker_events (worker_id, kind, reason, detail)
+            select w, 'reclassified', 'task_caused', jsonb_build_object('task_id', t.id)
+            from unnest(lost) w;
+            quarantined := quarantined || to_jsonb(t.id);
+        elsif t.attempts + 1 >= max_attempts_param then
+            update tasks
+            set status = 'Failed', attempts = attempts + 1, lost_by = lost,
+                error_message = error_message_param,
+                generation_processed_at = now(), updated_at = now()
+            where id = t.id;
+            failed := failed || to_jsonb(t.id);
+        else
+            update tasks
+            set status = 'Queued', attempts = attempts + 1, lost_by = lost,
+                error_message = error_message_param,
+                worker_id = null, generation_started_at = null, updated_at = now()
+            where id = t.id;
+            requeued := requeued || to_jsonb(t.id);
+        end if;
+    end loop;
+    if found then
+        update workers set last_task_finished_at = now() where id = worker_id_param;
+    end if;
+    return jsonb_build_object('requeued', requeued, 'failed', failed,
+                              'quarantined', quarantined);
+end
+$$;
+
+-- A task failed on its worker: `attempts + 1`, requeued below the limit.
+create function func_mark_task_failed(
+    task_id_param uuid,
+    error_message_param text,
+    worker_id_param text default null,
+    max_attempts_param integer default 3
+) returns jsonb
+language plpgsql as $$
+declare
+    holder text;
+    released jsonb;
+begin
+    select worker_id into holder from tasks
+    where id = task_id_param and status = 'In Progress'
+      and (worker_id_param is null or worker_id = worker_id_param)
+    for update;
+    if not found then
+        return jsonb_build_object('success', false);
+    end if;
+    released := orch_release_tasks(null, null, holder, task_id_param, max_attempts_param,
+                                   left(error_message_param, 4000));
+    return jsonb_build_object('success', true,
+                              'requeued', jsonb_array_length(released -> 'requeued') > 0);
+end
+$$;
+
+-- Moves the oldest claimable task to `In Progress` for this worker. Nothing is
+-- returned when the queue is empty or the worker may not claim (draining,
+-- terminated, in error, unknown). The worker's row is locked `for share` first,
+-- so a drain (which locks it to update) and a claim happen one after the other:
+-- never a drain judged on "idle" racing a claim that makes it busy.
+create or replace function func_claim_available_task(worker_id_param text) returns setof tasks
+language plpgsql as $$
+begin
+    perform 1 from workers w
+    where w.id = worker_id_param
+      and w.status in ('spawning', 'active', 'external')
+      and w.drain_requested_at is null
+    for share;
+    if not found then
+        return;
+    end if;
+    -- plpgsql, not sql: its plan is cached per session instead of re-planned per call.
+    return query
+    update tasks t
+    set status = 'In Progress',
+        worker_id = worker_id_param,
+        generation_started_at = now(),
+        updated_at = now()
+    where t.id = (
+            select q.id
+            from tasks q
+            where q.status = 'Queued'
+              and q.run_type = 'gpu'
+            order by q.created_at, q.id
+            limit 1
+            for update skip locked)
+      and t.status = 'Queued'
+    returning t.*;
+end
+$$;
+
+-- Everything one cycle needs, in one round trip whatever the fleet size.
+-- `workers`: rows the cycle may act on (not yet released, or `external`) and rows
+-- launched, failed or ready within `horizon_sec_param` (the breaker's history),
+-- each a positional array (see store/snapshot.py) with times as epoch seconds:
+-- compact, and cheap to decode. `queued` stops counting at `queue_cap_param`
+-- (null: exact): past the cap the plan is the same, and counting a deep queue
+-- costs a scan of it. plpgsql so that plans are cached per session.
+create or replace function orch_snapshot(
+    horizon_sec_param double precision default 1800,
+    queue_cap_param integer default null
+) returns json
+language plpgsql stable as $$
+declare
+    since constant timestamptz := now() - make_interval(secs => horizon_sec_param);
+begin
+    return json_build_object(
+        'now', extract(epoch from now()),
+        'workers', coalesce((
+            select json_agg(json_build_array(
+                w.id, w.status, extract(epoch from w.created_at),
+                extract(epoch from w.ready_at), extract(epoch from w.last_heartbeat),
+                extract(epoch from w.drain_requested_at), extract(epoch from w.terminated_at),
+                extract(epoch from w.last_task_finished_at), w.tasks_completed, w.pod_id,
+                w.termination_reason, w.offering, w.probe, extract(epoch from w.failed_at),
+                w.task_caused, w.cost_per_hr,
+                extract(epoch from w.pod_missing_since)))
+            from workers w
+            where (w.terminated_at is null
+                   and w.status in ('spawning', 'active', 'terminating', 'error', 'external'))
+               or w.created_at > since or w.failed_at > since or w.ready_at > since),
+            '[]'::json),
+        'holds', coalesce((
+            select json_agg(json_build_array(
+                t.id, t.worker_id, extract(epoch from t.generation_started_at), t.attempts))
+            from tasks t
+            where t.status = 'In Progress'), '[]'::json),
+        'queued', (
+            select count(*) from (
+                select from tasks q
+                where q.status = 'Queued' and q.run_type = 'gpu'
+                limit queue_cap_param) c),
+        -- task outcomes within the horizon, for the task failure rate alert
+        'finished', (
+            select json_build_array(count(*) filter (where t.status = 'Complete'),
+                                    count(*) filter (where t.status = 'Failed'))
+            from tasks t
+            where t.status in ('Complete', 'Failed') and t.generation_processed_at > since),
+        'oldest_queued_at', (
+            select extract(epoch from q.created_at) from tasks q
+            where q.status = 'Queued' and q.run_type = 'gpu'
+            order by q.created_at, q.id limit 1),
+        'breaker', (
+            select json_build_object(
+                'state', case e.kind when 'breaker_opened' then 'open' else 'closed' end,
+                'at', extract(epoch from e.at), 'reason', e.reason,
+                'probe_interval_sec', (e.detail ->> 'probe_interval_sec')::double precision)
+            from orchestrator_events e
+            where e.kind in ('breaker_opened', 'breaker_closed')
+            order by e.at desc, e.id desc
+            limit 1),
+        -- the end of the latest spell during which nobody could read the database
+        'blind_until', (
+            select extract(epoch from max(e.at)) from orchestrator_events e
+            where e.kind = 'observation_gap'),
+        'controls', json_build_object(
+            'spawning_paused', coalesce((
+                select e.kind = 'spawning_paused' from orchestrator_events e
+                where e.kind in ('spawning_paused', 'spawning_resumed')
+                order by e.at desc, e.id desc limit 1), false),
+            'kill_switch', coalesce((
+                select e.kind = 'kill_switch_on' from orchestrator_events e
+                where e.kind in ('kill_switch_on', 'kill_switch_off')
+                order by e.at desc, e.id desc limit 1), false),
+            'breaker_reset_at', (
+                select extract(epoch from max(e.at)) from orchestrator_events e
+                where e.kind = 'breaker_reset')));
+end
+$$;
