@@ -27,8 +27,9 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gpu_orchestrator
 
+# PYTEST_ARGS: e.g. -m "not process" (CI runs the long process-level tests once)
 pytest: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cycle.py

@@ -8,21 +8,30 @@ the same snapshot under other settings ("what if"), still changing nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
+import structlog
+
 from ..config import Settings
+from ..errors import OrchestratorError
 from ..models import (
     BreakerState,
     Plan,
+    Pod,
     PolicyConfig,
     Reason,
     Snapshot,
     WorkerStatus,
 )
 from ..policy import decide
+
+log = structlog.get_logger()
+
+_POD_LIST_TIMEOUT_SEC = 15.0
 
 
 class Verdict(IntEnum):
@@ -131,6 +140,11 @@ class HealthReport:
                     for a in plan.actions
                 ],
                 "offerings_backing_off": {b.offering: _iso(b.until) for b in plan.backoffs},
+            },
+            "pods": {
+                "listed": snap.pods is not None,
+                # listed pods not named as ours: never touched, shown so they are seen
+                "foreign": list(plan.foreign_pods),
             },
             "controls": {
                 "spawning_paused": snap.controls.spawning_paused,
@@ -318,6 +332,14 @@ def render_text(report: HealthReport) -> str:
         f"next cycle: {len(nxt['actions'])} action(s), desired {nxt['desired_workers']}, "
         f"held back: {', '.join(nxt['held_back']) or '-'}"
     )
+    pods = doc["pods"]
+    if not pods["listed"]:
+        lines.append("pods: not listed (the provider did not answer)")
+    elif pods["foreign"]:
+        lines.append(
+            f"foreign pods (not named as ours, never touched): {len(pods['foreign'])}: "
+            + ", ".join(pods["foreign"])
+        )
     lines.append("levers: " + ", ".join(f"{k}={v}" for k, v in doc["levers"].items()))
     return "\n".join(lines)
 
@@ -333,4 +355,20 @@ async def read_report(settings: Settings, what_if: dict[str, str]) -> HealthRepo
         snapshot = await store.observe(settings.policy().horizon_sec)
     finally:
         await store.close()
-    return judge(snapshot, settings, what_if)
+    return judge(replace(snapshot, pods=await _list_pods(settings)), settings, what_if)
+
+
+async def _list_pods(settings: Settings) -> tuple[Pod, ...] | None:
+    """The provider's pods, or None when they cannot be listed in time (the report
+    says so; the rest of it stands)."""
+    from ..runtime import build_provider
+
+    provider = build_provider(settings)
+    try:
+        async with asyncio.timeout(_POD_LIST_TIMEOUT_SEC):
+            return tuple(await provider.list_pods())
+    except (OrchestratorError, TimeoutError) as exc:
+        log.warning("status_pod_list_failed", error=str(exc))
+        return None
+    finally:
+        await provider.aclose()
