@@ -22,6 +22,7 @@ from gpu_orchestrator.errors import LeaseLost
 from gpu_orchestrator.executor import Executor
 from gpu_orchestrator.loop import LEASE_NAME, Orchestrator
 from gpu_orchestrator.models import Action, ActionKind, Plan, PolicyConfig, Reason, WorkerStatus
+from gpu_orchestrator.ops.health import read_report, render_text
 from gpu_orchestrator.providers.base import PodSpec
 from gpu_orchestrator.runtime import Runtime, open_runtime
 from gpu_orchestrator.store.base import Fence
@@ -326,3 +327,29 @@ async def test_an_unexpected_exception_is_logged_with_its_cycle_and_the_loop_goe
     assert orchestrator.failing_cycles == 3
     failed = [e for e in logs if e["event"] == "cycle_failed"]
     assert len(failed) == 3 and all(e["cycle_id"] and e["exc_info"] for e in failed)
+
+
+# -- 3. pods that are not ours ----------------------------------------------------------
+
+
+async def test_status_lists_foreign_pods_and_nothing_touches_them(dsn, fake, tmp_path) -> None:
+    foreign = ["gpu-dev-box", "gpu-staging-20260101000000-0badc0de"]
+    async with fake.client() as client:
+        for name in foreign:
+            body = {"name": name, "image": "x", "gpu": {"id": "NVIDIA A40"}}
+            assert (await client.post("/v2/pods", json=body)).status_code == 201
+    async with fake.serve() as url:
+        settings = runpod_settings(dsn, orchestrator_data_dir=tmp_path, runpod_api_base_url=url)
+        report = await read_report(settings, {})
+        runtime = await open_runtime(settings, dsn=dsn)
+        try:
+            for _ in range(2):
+                assert (await runtime.orchestrator.run_cycle()).outcome == "ok"
+        finally:
+            await runtime.aclose()
+
+    assert report.as_dict()["pods"] == {"listed": True, "foreign": foreign}
+    assert f"foreign pods (not named as ours, never touched): 2: {', '.join(foreign)}" in (
+        render_text(report)
+    )
+    assert fake.requests_to("DELETE") == [] and len(fake.live_pods()) == 2
