@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 import typer
 
-from .config import Settings, load_settings
+from .config import Settings, load_settings, setting_name
 from .errors import OrchestratorError, SettingsError
 from .logs import configure_logging
 
@@ -245,7 +245,10 @@ def status(
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise typer.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="--set")
-        overrides[name.strip().upper()] = value
+        try:
+            overrides[setting_name(name)] = value
+        except SettingsError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--set") from None
     settings = _settings(**{k.lower(): v for k, v in overrides.items()})
 
     async def once() -> int:

@@ -6,6 +6,7 @@ accepted (`SettingsError`); the CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,7 +39,10 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Every environment variable the orchestrator and its worker agent read."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # allow_inf_nan: `inf` or `nan` in a number setting is a typo, never a wish
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     # state store
     database_url: SecretStr | None = None
@@ -263,6 +267,18 @@ class Settings(BaseSettings):
             else:
                 out[name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def setting_name(raw: str) -> str:
+    """`raw` as the environment variable it names (upper case); raises
+    `SettingsError` naming the nearest known one when there is no such setting."""
+    name = raw.strip().upper()
+    known = sorted(field.upper() for field in Settings.model_fields)
+    if name in known:
+        return name
+    nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    raise SettingsError(f"{name} is not a setting{hint}")
 
 
 def _parse_pairs(raw: str) -> dict[str, str]:

@@ -39,6 +39,9 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ("MAX_ACTIVE_GPUS", "abc", "valid integer"),
         ("LOG_FORMAT", "xml", "'json' or 'console'"),
         ("RUNPOD_WORKER_ENV", "novalue", "KEY=VALUE"),
+        ("FAILURE_WINDOW_MINUTES", "inf", "finite number"),
+        ("MAX_WORKER_FAILURE_RATE", "nan", "finite number"),
+        ("GPU_IDLE_TIMEOUT_SEC", "-inf", "finite number"),
     ],
 )
 def test_bad_value_exits_2_with_one_line_naming_variable_value_and_rule(var, value, accepted):
@@ -47,6 +50,19 @@ def test_bad_value_exits_2_with_one_line_naming_variable_value_and_rule(var, val
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert var in lines[0] and value in lines[0] and accepted in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("given", "nearest"),
+    [
+        ("MAX_WORKER_FAILURE_RAT=0.9", "MAX_WORKER_FAILURE_RATE"),
+        ("failure_window_minute=5", "FAILURE_WINDOW_MINUTES"),
+    ],
+)
+def test_status_what_if_refuses_an_unknown_setting_and_names_the_nearest(given, nearest):
+    result = run_cli("status", "--set", given)
+    assert result.returncode == 2
+    assert given.split("=")[0].upper() in result.stderr and nearest in result.stderr
 
 
 def test_min_above_max_names_both_variables():
