@@ -292,17 +292,31 @@ def spawn_cmd(
     reason: str = typer.Option(..., "--reason", help="Why (recorded in the audit log)."),
     actor: str | None = typer.Option(None, "--actor", help="Who. Default: $USER@hostname."),
 ) -> None:
-    """Launch workers now, never above MAX_ACTIVE_GPUS (audited)."""
+    """Ask for more workers (audited). The leader launches them in its next cycle,
+    never above MAX_ACTIVE_GPUS, with the kill switch on or during a billing hold;
+    with no leader running, this command leads that cycle itself.
+
+    Exit code: 0 when workers were launched (some may have been refused, each
+    named) or the request waits for the running leader; 1 when none was launched
+    or a launch failed."""
     settings = _settings()
     from .ops.operator import spawn
 
-    plan, results = _run(spawn(settings, count, _who(actor), _why(reason)))
-    for r in results:
+    report = _run(spawn(settings, count, _who(actor), _why(reason)))
+    served = None if report.plan is None else report.plan.served_requests
+    if served is None:
+        typer.echo(
+            f"request recorded; {report.reason or report.outcome}: the leader carries it out"
+        )
+        raise typer.Exit(0 if report.outcome == "skipped" else 1)
+    launched = [r for r in report.results if r.kind.value == "spawn" and r.reason.value == "manual"]
+    for r in launched:
         typer.echo(f"{r.outcome}: {r.worker_id} {r.error or ''}".rstrip())
-    if plan.unmet_demand:
-        held = ", ".join(h.value for h in plan.held_back)
-        typer.echo(f"{plan.unmet_demand} not launched: {held}")
-    raise typer.Exit(0 if results and all(r.outcome == "done" for r in results) else 1)
+    if served.allowed < served.asked:
+        held = ", ".join(h.value for h in served.held_back)
+        typer.echo(f"{served.asked - served.allowed} not launched: {held}")
+    ok = bool(launched) and all(r.outcome == "done" for r in launched)
+    raise typer.Exit(0 if ok else 1)
 
 
 @app.command()

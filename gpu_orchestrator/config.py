@@ -7,7 +7,10 @@ accepted (`SettingsError`); the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +22,10 @@ from .models import PolicyConfig
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveSec = Annotated[float, Field(gt=0)]
+
+
+# Pod env names whose values never enter a fingerprint (nor a log).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|DSN|URL|CREDENTIAL", re.IGNORECASE)
 
 
 def lease_margin(lease_sec: float) -> float:
@@ -132,7 +139,10 @@ class Settings(BaseSettings):
     worker_poll_sec: PositiveSec = 2
     worker_task_command: str | None = None
     worker_health_port: Annotated[int, Field(ge=0, le=65535)] | None = None
-    worker_task_timeout_sec: PositiveSec = 3600
+    # below TASK_STUCK_TIMEOUT_SEC: a task is given up by its worker before the
+    # orchestrator judges the worker stuck
+    worker_task_timeout_sec: PositiveSec = 3000
+    system_logs_retention_days: PositiveSec = 14
     # extra pod environment, `KEY=VALUE,KEY=VALUE`
     runpod_worker_env: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
@@ -172,6 +182,12 @@ class Settings(BaseSettings):
             )
         if self.provider_name == "runpod":
             self._check_runpod()
+        if self.worker_task_timeout_sec >= self.task_stuck_timeout_sec:
+            raise ValueError(
+                f"WORKER_TASK_TIMEOUT_SEC={self.worker_task_timeout_sec:g}: must be below "
+                f"TASK_STUCK_TIMEOUT_SEC ({self.task_stuck_timeout_sec:g}), or a slow task "
+                "fails its worker as stuck instead of failing alone"
+            )
         if self.min_active_gpus > self.max_active_gpus:
             raise ValueError(
                 f"MIN_ACTIVE_GPUS={self.min_active_gpus}: must be at most "
@@ -204,6 +220,26 @@ class Settings(BaseSettings):
         if self.orchestrator_provider is not None:
             return self.orchestrator_provider
         return "runpod" if self.runpod_api_key is not None else "local"
+
+    @property
+    def launch_fingerprint(self) -> str:
+        """12 hex digits naming what a launch runs: provider, image or template,
+        start command, GPU types and the pod env (values of names that look
+        secret are left out). A deploy that changes any of them is a new one."""
+        env = {
+            k: (None if _SECRET_NAME.search(k) else v) for k, v in self.runpod_worker_env.items()
+        }
+        parts = {
+            "provider": self.provider_name,
+            "image": self.runpod_worker_image,
+            "template": self.runpod_template_id,
+            "command": self.local_worker_command,
+            "task_command": self.worker_task_command,
+            "offerings": self.offerings,
+            "env": env,
+        }
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
 
     @property
     def cycle_budget_sec(self) -> float:
@@ -248,6 +284,7 @@ class Settings(BaseSettings):
             capacity_backoff_max_sec=self.capacity_backoff_max_sec,
             offerings=self.offerings,
             name_prefix=self.worker_name_prefix,
+            fingerprint=self.launch_fingerprint,
             pod_grace_sec=self.pod_grace_sec,
             pod_missing_sec=self.pod_missing_sec,
             # two whole cycles (each: its budget, then a poll) without contact

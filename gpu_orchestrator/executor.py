@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
 from .errors import (
+    BalanceError,
     CapacityError,
     LeaseLost,
     OfferingForbidden,
@@ -79,6 +80,11 @@ class _LostRace(Exception):
     """A compare-and-set found the row already moved by someone else."""
 
 
+class _Held(Exception):
+    """A launch not attempted: another launch of this cycle found the account unable
+    to pay."""
+
+
 class _Unresolved(Exception):
     """A create ended without an answer (5xx, timeout) and the pod was not found by
     name: it may still appear. Chained to the provider's error."""
@@ -98,6 +104,7 @@ class Executor:
         name_prefix: str,
         max_task_attempts: int,
         actor: str,
+        fingerprint: str | None = None,
         concurrency: int = 8,
     ) -> None:
         self._store = store
@@ -106,6 +113,7 @@ class Executor:
         self._prefix = name_prefix
         self._max_attempts = max_task_attempts
         self._actor = actor  # who records breaker transitions: this orchestrator
+        self._fingerprint = fingerprint  # what launches run (recorded per worker)
         self._concurrency = concurrency
 
     async def apply(
@@ -120,13 +128,14 @@ class Executor:
         pods = {w.id: w.pod_id for w in snapshot.workers}
         gate = asyncio.Semaphore(self._concurrency)
         lost: list[LeaseLost] = []
+        cycle = _CycleState()
 
         async def run(action: Action) -> ActionResult:
             async with gate:
                 if stop.is_set() or lost:
                     return _result(action, "skipped")
                 try:
-                    return await self._run(action, pods, snapshot.now, fence)
+                    return await self._run(action, pods, snapshot.now, _Step(action, fence, cycle))
                 except LeaseLost as exc:
                     lost.append(exc)
                     return _result(action, "skipped", error=str(exc))
@@ -169,6 +178,20 @@ class Executor:
                 await self._store.record_pod_sightings(
                     plan.sightings.missing, plan.sightings.seen, fence=fence
                 )
+            if plan.served_requests is not None:
+                served = plan.served_requests
+                await self._store.record_event(
+                    "spawn_requests_served",
+                    self._actor,
+                    "operator_request",
+                    {
+                        "up_to_id": served.up_to_id,
+                        "asked": served.asked,
+                        "allowed": served.allowed,
+                        "held_back": [r.value for r in served.held_back],
+                    },
+                    fence=fence,
+                )
             await self._record_breaker(plan, fence)
         except LeaseLost:
             raise
@@ -189,7 +212,7 @@ class Executor:
         log.warning(kind, reason=move.reason, message=move.message, **{"rate": plan.breaker.rate})
 
     async def _run(
-        self, action: Action, pods: dict[str, str | None], now: datetime, fence: Fence | None
+        self, action: Action, pods: dict[str, str | None], now: datetime, step: _Step
     ) -> ActionResult:
         handlers: dict[ActionKind, Callable[[_Step], Awaitable[str | None]]] = {
             ActionKind.SPAWN: lambda step: self._spawn(step, now),
@@ -202,7 +225,7 @@ class Executor:
             ActionKind.ADOPT_POD: self._adopt_pod,
         }
         try:
-            worker_id = await handlers[action.kind](_Step(action, fence))
+            worker_id = await handlers[action.kind](step)
         except _LostRace:
             log.info("action_lost_race", kind=action.kind, worker_id=action.worker_id)
             return _result(action, "lost_race")
@@ -214,6 +237,8 @@ class Executor:
                 error=str(unresolved.__cause__),
                 error_kind=type(unresolved.__cause__).__name__,
             )
+        except _Held as held:
+            return _result(action, "skipped", error=str(held))
         except LeaseLost:
             raise
         except OrchestratorError as exc:
@@ -245,6 +270,8 @@ class Executor:
 
     async def _launch(self, step: _Step, offering: str | None, now: datetime) -> str:
         action, fence = step.action, step.fence
+        if step.cycle.billing_hold is not None:
+            raise _Held(f"billing hold: {step.cycle.billing_hold}")
         worker_id = new_worker_id(self._prefix, now)
         # The intent row comes first, fenced: a crash after it leaves a `spawning` row
         # that reconciliation resolves, never an untracked pod, and a stale leader
@@ -252,7 +279,12 @@ class Executor:
         await self._store.create_worker(
             worker_id,
             self._provider.name,
-            {"reason": action.reason.value, "offering": offering, "probe": action.probe},
+            {
+                "reason": action.reason.value,
+                "offering": offering,
+                "probe": action.probe,
+                "fingerprint": self._fingerprint,
+            },
             fence=fence,
         )
         spec = PodSpec(worker_id, self._pod_env(worker_id), offering)
@@ -264,6 +296,8 @@ class Executor:
             log.warning("create_unresolved", worker_id=worker_id, error=str(exc))
             raise _Unresolved(worker_id) from exc
         except OrchestratorError as exc:
+            if isinstance(exc, BalanceError):  # the account cannot pay: no other launch now
+                step.cycle.billing_hold = str(exc)
             await self._store.transition_worker(
                 worker_id,
                 WorkerStatus.ERROR,
@@ -384,12 +418,20 @@ class Executor:
         return action.worker_id
 
 
+@dataclass
+class _CycleState:
+    """What one action of a cycle learns that changes the others."""
+
+    billing_hold: str | None = None  # a create was answered 402: launch nothing more
+
+
 @dataclass(frozen=True)
 class _Step:
-    """One action under way, and the lease it runs under."""
+    """One action under way, the lease it runs under, and its cycle's state."""
 
     action: Action
     fence: Fence | None
+    cycle: _CycleState = field(default_factory=_CycleState)
 
     def before_provider_call(self) -> None:
         """A pod is touched only while the lease the last write passed is still ours."""
@@ -405,6 +447,8 @@ def _launch_outcome(exc: OrchestratorError) -> Reason:
         return Reason.OFFERING_FORBIDDEN
     if isinstance(exc, RateLimited):
         return Reason.RATE_LIMITED
+    if isinstance(exc, BalanceError):
+        return Reason.BILLING_HOLD
     return Reason.SPAWN_FAILED
 
 

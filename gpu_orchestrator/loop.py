@@ -32,6 +32,7 @@ from .store.base import Fence, OrchestratorStore
 log = structlog.get_logger()
 
 LEASE_NAME = "orchestrator"
+MAINTENANCE_EVERY_SEC = 3600.0  # log retention and dead-lettering: hourly is plenty
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Orchestrator:
         holder: str,
         lease_sec: float,
         cycle_timeout_sec: float,
+        log_retention_sec: float = 14 * 86400,
     ) -> None:
         self._store = store
         self._executor = executor
@@ -108,6 +110,8 @@ class Orchestrator:
         self._timeout = cycle_budget(cycle_timeout_sec, lease_sec)
         self.last_tick: float | None = None  # monotonic time of the last finished cycle
         self.failing_cycles = 0  # consecutive cycles that ended in `retry`
+        self._log_retention_sec = log_retention_sec
+        self._maintained_at: float | None = None  # monotonic; None: not yet in this process
 
     @property
     def executor(self) -> Executor:
@@ -160,7 +164,25 @@ class Orchestrator:
         )
         plan = decide(snapshot, self._policy)
         results = await self._executor.apply(plan, snapshot, stop, fence)
+        await self._maintain(fence)
         return CycleReport(cycle_id, "ok", None, 0.0, snapshot, plan, tuple(results))
+
+    async def _maintain(self, fence: Fence) -> None:
+        """Upkeep at most every `MAINTENANCE_EVERY_SEC` (idempotent: a restart that
+        runs it again early does no harm)."""
+        now = time.monotonic()
+        if self._maintained_at is not None and now - self._maintained_at < MAINTENANCE_EVERY_SEC:
+            return
+        try:
+            done = await self._store.maintenance(self._log_retention_sec, fence=fence)
+        except LeaseLost:
+            raise
+        except OrchestratorError as exc:
+            log.warning("maintenance_failed", error=str(exc))
+            return
+        self._maintained_at = now
+        if any(done.values()):
+            log.info("maintenance", **done)
 
     async def run_forever(
         self,

@@ -102,6 +102,9 @@ class Reason(StrEnum):
     # showed by the boot deadline: nothing proves a pod ran, nor that it failed
     CREATE_LOST = "create_lost"
     CREATE_UNRESOLVED = "create_unresolved"  # why a listed pod is adopted by its row
+    # 402: the account cannot pay. No pod was created and the worker did nothing
+    # wrong; every spawn stops until a create succeeds (retried at the probe interval)
+    BILLING_HOLD = "billing_hold"
     # normal exits and neutral outcomes, continued
     TASK_CAUSED = "task_caused"  # died holding a task later quarantined as poison
     # breaker
@@ -170,6 +173,7 @@ class Launch:
     failure: Reason | None  # its termination reason, when it ended in `error`
     task_caused: bool  # died holding a task later quarantined as poison
     tasks_completed: int = 0
+    fingerprint: str | None = None  # what it was launched as (see `PolicyConfig.fingerprint`)
 
     def order(self) -> tuple[datetime, str]:
         """Launch order, ties broken by id (deterministic)."""
@@ -193,6 +197,8 @@ class Controls:
     spawning_paused: bool = False  # no ordinary spawns; probes still allowed
     kill_switch: bool = False  # nothing is spawned, probes included
     breaker_reset_at: datetime | None = None  # failures before this are forgiven
+    requested_spawns: int = 0  # operator `spawn` requests not yet served by a leader
+    spawn_request_id: int | None = None  # the newest of those requests
 
 
 @dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
@@ -315,6 +321,9 @@ class PolicyConfig:
     # where a pod may be placed, in order of preference ("gpu type@data center")
     offerings: tuple[str, ...] = ("local",)
     name_prefix: str = "gpu"  # pods named `{prefix}-...` are ours
+    # hash of what a launch runs (image, start command, GPU types, non-secret pod
+    # env): failures of another fingerprint do not hold back this one
+    fingerprint: str | None = None
     pod_grace_sec: float = 120.0  # a pod or row this young may not be listed yet
     # a pod missing from every list this long, from a worker silent this long, vanished
     pod_missing_sec: float = 60.0
@@ -330,8 +339,12 @@ class PolicyConfig:
 
     @property
     def horizon_sec(self) -> float:
-        """How far back the breaker and capacity backoff need launch history."""
-        return max(self.failure_window_sec, self.capacity_backoff_max_sec)
+        """How far back the breaker and capacity backoff need launch history: a
+        window, a backoff, and long enough for a one-GPU fleet to fail the minimum
+        sample one boot deadline at a time (at most four windows)."""
+        streak = self.min_workers_for_rate_check * (self.spawning_timeout_sec + 60.0)
+        streak = min(streak, 4 * self.failure_window_sec)
+        return max(self.failure_window_sec, self.capacity_backoff_max_sec, streak)
 
 
 class ActionKind(StrEnum):
@@ -401,6 +414,8 @@ class BreakerView:
     aging_out: tuple[datetime, ...]  # when each counted failure leaves the window
     rate_ok_at: datetime | None  # when the rate falls to the threshold if nothing new happens
     transition: BreakerTransition | None = None
+    failed_fingerprints: tuple[str, ...] = ()  # launch fingerprints of the counted failures
+    fingerprint: str | None = None  # the fingerprint launches get now (probed when fresh)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready, for the cycle log, `once` and the health report."""
@@ -424,6 +439,8 @@ class BreakerView:
             "booting_limit": self.booting_limit,
             "failures_age_out_at": [iso(t) for t in self.aging_out],
             "rate_ok_at": iso(self.rate_ok_at),
+            "failed_fingerprints": list(self.failed_fingerprints),
+            "fingerprint": self.fingerprint,
             "transition": None
             if move is None
             else {"to": move.to.value, "reason": move.reason.value, "message": move.message},
@@ -435,6 +452,17 @@ class OfferingBackoff:
     offering: str
     capacity_errors: int  # consecutive, since its last successful launch
     until: datetime  # no launch there before this
+
+
+@dataclass(frozen=True)
+class ServedRequests:
+    """Operator spawn requests up to `up_to_id`: `asked` launches, `allowed` of them
+    in this plan, the rest refused for `held_back` (kill switch, MAX_ACTIVE_GPUS)."""
+
+    up_to_id: int
+    asked: int
+    allowed: int
+    held_back: tuple[Reason, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -466,6 +494,9 @@ class Plan:
     foreign_pods: tuple[str, ...] = ()  # listed pods not named as ours: never touched
     # (from, to): a blind spell this cycle found, recorded before acting
     observation_gap: tuple[datetime, datetime] | None = None
+    # operator spawn requests this plan serves (recorded as served before acting)
+    served_requests: ServedRequests | None = None
+    billing_hold_since: datetime | None = None  # a 402 holds every spawn since then
 
     def count(self, kind: ActionKind) -> int:
         return sum(1 for a in self.actions if a.kind is kind)

@@ -66,6 +66,8 @@ async def open_runtime(
     provider = provider or build_provider(settings)
     await migrate(dsn)
     store = await PostgresStore.connect(dsn, max_size=settings.action_concurrency + 2)
+    # The attempts limit lives in the database, so no worker can pass its own.
+    await store.set_setting("max_task_attempts", settings.max_task_attempts)
     executor = Executor(
         store,
         provider,
@@ -73,6 +75,7 @@ async def open_runtime(
         name_prefix=settings.worker_name_prefix,
         max_task_attempts=settings.max_task_attempts,
         actor=settings.orchestrator_id,
+        fingerprint=settings.launch_fingerprint,
         concurrency=settings.action_concurrency,
     )
     orchestrator = Orchestrator(
@@ -82,5 +85,6 @@ async def open_runtime(
         holder=settings.orchestrator_id,
         lease_sec=settings.leader_lease_sec,
         cycle_timeout_sec=settings.cycle_timeout_sec,
+        log_retention_sec=settings.system_logs_retention_days * 86400,
     )
     return Runtime(settings, dsn, store, provider, orchestrator)

@@ -122,7 +122,8 @@ async def test_spawn_respects_max_and_drain_and_terminate_are_audited(cli):
         for r in await cli.fetch("select kind, actor, reason from orchestrator_events order by id")
     ]
     assert events == [
-        ("operator_spawn", "alice", "warm up"),
+        ("spawn_requested", "alice", "warm up"),
+        ("spawn_requests_served", "cli-test", "operator_request"),
         ("operator_drain", "bob", "rotate"),
         ("operator_terminate", "carol", "bad node"),
     ]
@@ -150,8 +151,8 @@ async def test_levers_are_audited_and_change_the_next_plan(cli):
 
 
 async def test_listings_show_workers_tasks_and_logs(cli):
+    await cli("spawn", "--reason", "listing test")  # first: the queue asks for none
     await cli("enqueue", "--count", "1", "--params", '{"duration_sec": 0.1}')
-    await cli("spawn", "--reason", "listing test")
     (worker,) = [r["id"] for r in await cli.fetch("select id from workers")]
     for _ in range(100):  # the worker boots, heartbeats and ships its start-up log lines
         done = await cli.fetch("select 1 from tasks where status = 'Complete'")

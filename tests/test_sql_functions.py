@@ -425,25 +425,34 @@ async def test_orphaned_tasks_are_requeued_by_their_old_holder_or_by_no_holder(
         assert task["error_message"] == "orphan"
 
 
-async def test_a_task_held_by_two_workers_that_died_is_quarantined_as_poison(
+async def _dies_holding(store: PostgresStore, worker_id: str, reason: Reason):
+    """The executor's order: the worker is failed first, then what it held released."""
+    assert await store.transition_worker(worker_id, WorkerStatus.ERROR, reason, fence=None)
+    return await store.release_tasks(worker_id, None, 5, reason.value, holder_died=True, fence=None)
+
+
+async def test_a_task_held_by_two_workers_that_died_while_others_worked_is_quarantined(
     store: PostgresStore,
 ) -> None:
-    await _worker(store, "gpu-1")
-    await _worker(store, "gpu-2")
-    await _worker(store, "gpu-3")
-    [task_id] = await _add_tasks(store, 1)
-    await store.claim_task("gpu-1")
-    first = await store.release_tasks(
-        "gpu-1", None, 5, "heartbeat_lost", holder_died=True, fence=None
-    )
+    await store.set_setting("max_task_attempts", 5)
+    for worker_id in ("gpu-1", "gpu-2", "gpu-3"):
+        await _worker(store, worker_id)
+    [task_id, other] = await _add_tasks(store, 2)
+    assert (await store.claim_task("gpu-1"))["id"] == task_id
+    first = await _dies_holding(store, "gpu-1", Reason.HEARTBEAT_LOST)
     assert first.requeued == (task_id,) and first.quarantined == ()
 
-    # Stopping a healthy worker does not count against the task.
-    await store.claim_task("gpu-3")
+    # The platform works meanwhile: another worker completes another task.
+    claimed = await store.claim_task("gpu-3")
+    assert claimed is not None and claimed["id"] == task_id
     await store.release_tasks("gpu-3", None, 5, "drained", holder_died=False, fence=None)
+    assert (await store.claim_task("gpu-3"))["id"] == task_id  # oldest first
+    assert (await store.claim_task("gpu-3"))["id"] == other
+    await store.complete_task(other, "gpu-3", {"ok": True})
+    await store.release_tasks("gpu-3", task_id, 5, "drained", holder_died=False, fence=None)
 
     await store.claim_task("gpu-2")
-    second = await store.release_tasks("gpu-2", None, 5, "crashed", holder_died=True, fence=None)
+    second = await _dies_holding(store, "gpu-2", Reason.CRASHED)
     assert second.quarantined == (task_id,) and second.requeued == second.failed == ()
     task = await _task(store, task_id)
     assert task["status"] == "Failed" and task["quarantined_at"] is not None
@@ -453,6 +462,49 @@ async def test_a_task_held_by_two_workers_that_died_is_quarantined_as_poison(
     assert [r["id"] for r in caused] == ["gpu-1", "gpu-2"]
     assert ("reclassified", "task_caused") in await _events(store, "gpu-1")
     assert await store.claim_task("gpu-3") is None
+
+
+async def test_when_every_worker_dies_the_deaths_are_the_platforms_and_count(
+    store: PostgresStore,
+) -> None:
+    """Nothing completed while the task killed its holders: the platform is not shown
+    to work, so no death is reclassified and the task follows the attempts rule."""
+    await store.set_setting("max_task_attempts", 5)
+    for worker_id in ("gpu-1", "gpu-2", "gpu-3"):
+        await _worker(store, worker_id)
+    [task_id] = await _add_tasks(store, 1)
+    for worker_id in ("gpu-1", "gpu-2", "gpu-3"):
+        assert (await store.claim_task(worker_id))["id"] == task_id
+        out = await _dies_holding(store, worker_id, Reason.CRASHED)
+        assert out.requeued == (task_id,) and out.quarantined == ()
+    task = await _task(store, task_id)
+    assert (task["status"], task["attempts"], task["quarantined_at"]) == ("Queued", 3, None)
+    caused = await store.pool.fetchval("select count(*) from workers where task_caused")
+    assert caused == 0
+
+
+async def test_the_attempts_limit_is_the_databases_whatever_a_caller_passes(
+    store: PostgresStore,
+) -> None:
+    await store.set_setting("max_task_attempts", 2)
+    await _worker(store, "gpu-1")
+    [task_id] = await _add_tasks(store, 1)
+    outcomes = []
+    for limit in (None, 99):  # a worker passing nothing, or its own higher limit
+        assert (await store.claim_task("gpu-1"))["id"] == task_id
+        await store.pool.execute(
+            "select func_mark_task_failed($1::uuid, 'boom', 'gpu-1', $2)", task_id, limit
+        )
+        outcomes.append((await _task(store, task_id))["status"])
+    assert outcomes == ["Queued", "Failed"]  # dead-lettered at 2, not 99 nor never
+    # A queued task already at the limit is never handed out, and maintenance
+    # dead-letters it.
+    [stale] = await _add_tasks(store, 1)
+    await store.pool.execute("update tasks set attempts = 2 where id = $1::uuid", stale)
+    assert await store.claim_task("gpu-1") is None
+    done = await store.maintenance(86400, fence=None)
+    assert done["tasks_dead_lettered"] == 1
+    assert (await _task(store, stale))["status"] == "Failed"
 
 
 # ---------------------------------------------------------------------------

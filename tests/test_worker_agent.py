@@ -40,6 +40,7 @@ class FakeStore:
         self.calls: list[tuple[str, str | None]] = []  # (call, task id), in order
         self.heartbeat_seen = asyncio.Event()
         self.closed = False
+        self.report_errors = 0  # the next reports (complete, fail) raise StoreError
 
     def add(self, task_id: str, params: dict[str, Any] | None = None) -> None:
         self.tasks[task_id] = {
@@ -95,8 +96,21 @@ class FakeStore:
             return None
         return task
 
+    async def tasks_held(self, worker_id: str) -> list[str]:
+        return [
+            t["id"]
+            for t in self.tasks.values()
+            if t["status"] == "In Progress" and t["worker_id"] == worker_id
+        ]
+
+    def _maybe_fail_report(self) -> None:
+        if self.report_errors > 0:
+            self.report_errors -= 1
+            raise StoreError("report failed: connection refused")
+
     async def complete_task(self, task_id: str, worker_id: str, result: Mapping[str, Any]) -> bool:
         self.calls.append(("complete_task", task_id))
+        self._maybe_fail_report()
         task = self._held(task_id, worker_id)
         if task is None:
             return False
@@ -105,6 +119,7 @@ class FakeStore:
 
     async def fail_task(self, task_id: str, worker_id: str, error: str, max_attempts: int) -> bool:
         self.calls.append(("fail_task", task_id))
+        self._maybe_fail_report()
         task = self._held(task_id, worker_id)
         if task is None:
             return False
@@ -293,6 +308,37 @@ async def test_drain_finishes_the_current_task_then_exits_without_claiming_more(
     assert store.tasks["t1"]["result"] == {"done": "t1"}
     assert store.tasks["t2"]["status"] == "Queued"
     assert store.count("claim_task") == 1
+
+
+async def test_a_finished_task_is_reported_through_a_database_blip_before_any_new_claim() -> None:
+    store = FakeStore()
+    store.add("t1")
+    store.add("t2")
+    store.report_errors = 3  # backoff 0.5 + 1 + 2 s: longer than the old give-up (~1.5 s)
+    handler = GatedHandler()
+    agent, stop = start(handler=handler)
+    async with running(agent, store, stop):
+        await handler.started.wait()
+        handler.release.set()
+        await wait_until(lambda: store.tasks["t1"]["status"] == "Complete", timeout=10)
+    calls = [call for call in store.calls if call[0] != "heartbeat"]
+    first = calls.index(("complete_task", "t1"))
+    # four tries over ~3.5 s, and nothing claimed until the result is in
+    assert calls[first : first + 4] == [("complete_task", "t1")] * 4
+    assert ("claim_task", None) not in calls[:first][1:]
+
+
+async def test_a_task_left_by_an_earlier_agent_of_this_pod_is_released_at_start() -> None:
+    store = FakeStore()
+    store.add("left")
+    store.tasks["left"].update(status="In Progress", worker_id="w1")
+    agent, stop = start(handler=GatedHandler())
+    async with running(agent, store, stop):
+        await wait_until(lambda: store.count("fail_task") == 1)
+        # requeued with one more attempt (then claimed again as a new run)
+        assert store.tasks["left"]["attempts"] == 1
+        assert "restarted" in (store.tasks["left"]["error"] or "")
+    assert store.calls.index(("fail_task", "left")) < store.calls.index(("claim_task", None))
 
 
 async def test_stop_reports_the_in_flight_task_failed_then_sends_a_last_heartbeat() -> None:

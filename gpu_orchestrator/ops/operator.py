@@ -1,8 +1,10 @@
 """Operator commands behind the CLI: spawn, drain, terminate (each audited in
 `orchestrator_events` with who and why), and read-only listings of workers,
 tasks and log lines. They go through the same store, policy and executor as the
-loop; nothing here edits rows by hand. They are not a leader's: their writes are
-unfenced (`fence=None`), and compare-and-set like every transition."""
+loop; nothing here edits rows by hand. `spawn` is a request the leader carries
+out (so it never races the leader for `MAX_ACTIVE_GPUS`); `drain` and `terminate`
+are not a leader's: their writes are unfenced (`fence=None`), and compare-and-set
+like every transition."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from typing import Any
 from ..config import Settings
 from ..errors import OrchestratorError
 from ..executor import ActionResult
+from ..loop import CycleReport
 from ..models import Action, ActionKind, Plan, Reason, WorkerStatus
-from ..policy.plan import manual_spawn_plan
 from ..runtime import open_runtime, resolve_dsn
 from ..store.postgres import PostgresStore
 
@@ -26,27 +28,21 @@ def _single(action: Action) -> Plan:
     return Plan(actions=(action,), desired_workers=0, capacity=0, unmet_demand=0)
 
 
-async def spawn(
-    settings: Settings, count: int, actor: str, why: str
-) -> tuple[Plan, list[ActionResult]]:
-    """Launches up to `count` workers now, within `MAX_ACTIVE_GPUS`."""
+async def spawn(settings: Settings, count: int, actor: str, why: str) -> CycleReport:
+    """Asks the leader for `count` more workers: the request is recorded (audited),
+    and the leader launches them in its next cycle, within `MAX_ACTIVE_GPUS` and
+    never with the kill switch on or during a billing hold. With no other leader,
+    this command leads that one cycle itself; its report says which happened."""
     runtime = await open_runtime(settings)
     try:
-        snapshot = await runtime.store.observe(settings.policy().horizon_sec)
-        plan = manual_spawn_plan(snapshot, settings.policy(), count)
         await runtime.store.record_event(
-            "operator_spawn",
-            actor,
-            why,
-            {"asked": count, "allowed": len(plan.actions)},
-            fence=None,
+            "spawn_requested", actor, why, {"count": count}, fence=None
         )
-        results = await runtime.orchestrator.executor.apply(
-            plan, snapshot, asyncio.Event(), fence=None
-        )
+        report = await runtime.orchestrator.run_cycle()
+        await runtime.orchestrator.release_lease()
     finally:
         await runtime.aclose()
-    return plan, results
+    return report
 
 
 async def drain(settings: Settings, worker_id: str, actor: str, why: str) -> None:

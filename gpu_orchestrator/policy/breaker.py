@@ -6,12 +6,21 @@ so a restarted orchestrator decides the same way.
   deaths caused by a poison task are neutral. Outcomes are windowed on the time
   they happened (failure time, ready time, or now for a worker still healthy).
 - CLOSED trips to OPEN when the sample reaches the minimum and the rate is
-  strictly above the threshold, unless evidence shows spawning works again.
+  strictly above the threshold, or, while the window holds less than the minimum
+  sample (a small fleet cannot fail that many within one window), when the last
+  `MIN_WORKERS_FOR_RATE_CHECK` resolved launches all failed; unless evidence shows
+  spawning works again.
 - OPEN admits one probe after the probe interval (HALF_OPEN). A proven probe, or
   any worker spawned after the newest failure that proves itself, closes it and
   forgives older failures; a failed probe reopens it with a doubled interval.
-- After closing, recovery is gradual: one booting worker at a time until a new
-  worker proves itself (a failure meanwhile reopens at once), then slow start.
+- After closing without proof (ageing out, operator reset) the breaker is in
+  probation until a worker launched since proves itself, however long that takes:
+  one booting worker at a time, and a failure meanwhile reopens it at once. The
+  proof is recorded (a `breaker_closed` with reason `evidence`); then slow start
+  for one window.
+- Failures belong to a launch fingerprint: when the configured fingerprint has no
+  failure and no launch since the breaker opened (a fix was deployed), the probe
+  is due at once.
 """
 
 from __future__ import annotations
@@ -101,6 +110,25 @@ def _tripped(failed: int, proven: int, cfg: PolicyConfig) -> bool:
     return total >= cfg.min_workers_for_rate_check and failed / total > cfg.max_worker_failure_rate
 
 
+def _failing_streak(
+    launches: tuple[Launch, ...], forgive_at: datetime | None, cfg: PolicyConfig
+) -> int:
+    """How many of the newest resolved launches (failed, or ready) failed in a row,
+    at most `MIN_WORKERS_FOR_RATE_CHECK`, failures before `forgive_at` not counted."""
+    streak = 0
+    for launch in sorted(launches, key=Launch.order, reverse=True):
+        if counted_failure(launch):
+            assert launch.failed_at is not None
+            if forgive_at is not None and launch.failed_at <= forgive_at:
+                break
+            streak += 1
+            if streak == cfg.min_workers_for_rate_check:
+                break
+        elif launch.ready_at is not None and launch.failed_at is None:
+            break
+    return streak
+
+
 def _rate_ok_for_open(failed: int, proven: int, cfg: PolicyConfig) -> bool:
     """An open breaker closes by ageing only once the failures are gone or the
     rate is back at or below the threshold on a full sample."""
@@ -161,8 +189,15 @@ def assess_breaker(
     now = snapshot.now
     record = snapshot.breaker
     launches = _with_failures_now(snapshot.launches, failing or {}, now)
-    sample = _sample(launches, now, cfg, _forgive_at(snapshot))
+    forgive_at = _forgive_at(snapshot)
+    sample = _sample(launches, now, cfg, forgive_at)
     failed, proven = len(sample.failures), len(sample.proven)
+    # The rate needs the minimum sample within one window; a fleet too small to fail
+    # that many in a window is judged on its latest launches instead.
+    streak = (
+        failed + proven < cfg.min_workers_for_rate_check
+        and _failing_streak(launches, forgive_at, cfg) >= cfg.min_workers_for_rate_check
+    )
     newest = max((f.failed_at for f in sample.failures if f.failed_at), default=None)
     evidence = next(
         (
@@ -175,7 +210,7 @@ def assess_breaker(
     judged = (
         _judge_open(launches, snapshot, cfg, record, sample, evidence)
         if record is not None and record.state is BreakerState.OPEN
-        else _judge_closed(launches, snapshot, cfg, record, sample, evidence)
+        else _judge_closed(launches, snapshot, cfg, record, sample, evidence, streak)
     )
     aging_out, rate_ok_at = _ok_times(sample, now, cfg, judged.state is not BreakerState.CLOSED)
     by_reason = Counter(f.failure for f in sample.failures if f.failure is not None)
@@ -185,7 +220,7 @@ def assess_breaker(
         proven=proven,
         rate=sample.rate,
         failures_by_reason=tuple(sorted(by_reason.items())),
-        tripped=_tripped(failed, proven, cfg),
+        tripped=_tripped(failed, proven, cfg) or streak,
         evidence_worker=evidence,
         probe_interval_sec=judged.interval,
         next_probe_at=judged.next_probe_at,
@@ -195,6 +230,10 @@ def assess_breaker(
         aging_out=aging_out,
         rate_ok_at=rate_ok_at,
         transition=judged.transition,
+        failed_fingerprints=tuple(
+            sorted({f.fingerprint for f in sample.failures if f.fingerprint})
+        ),
+        fingerprint=cfg.fingerprint,
     )
 
 
@@ -243,38 +282,58 @@ def _judge_closed(
     record: BreakerRecord | None,
     sample: _Sample,
     evidence: str | None,
+    streak: bool,
 ) -> _Judged:
     now = snapshot.now
     base = cfg.breaker_probe_interval_sec
     failed, proven = len(sample.failures), len(sample.proven)
-    recovering = record is not None and (now - record.at).total_seconds() < cfg.failure_window_sec
-    if record is not None and recovering:
-        closed_at = record.at
-        # Launches of the closing cycle itself belong to the recovery.
-        since = [launch for launch in launches if launch.created_at >= closed_at]
-        probation = record.reason not in _PROOF_CLOSES and not any(
-            proves(launch, now, cfg) for launch in since
-        )
-        if probation and any(counted_failure(launch) for launch in since):
-            interval = _doubled(record.probe_interval_sec, cfg)
+    since = [] if record is None else _since(launches, record)
+    ready_since = sum(
+        1 for launch in since if launch.ready_at is not None and not counted_failure(launch)
+    )
+    probation = record is not None and record.reason not in _PROOF_CLOSES
+    if record is not None and probation:  # until a launch since the close proves itself
+        proof = next((launch for launch in since if proves(launch, now, cfg)), None)
+        if proof is not None:
+            return _Judged(
+                BreakerState.CLOSED,
+                record.probe_interval_sec,
+                BreakerTransition(
+                    BreakerState.CLOSED,
+                    Reason.EVIDENCE,
+                    record.probe_interval_sec,
+                    f"probation over: {proof.worker_id}, launched since the close, proved itself",
+                ),
+                booting_limit=max(2, 2 * ready_since),
+            )
+        if any(counted_failure(launch) for launch in since):
             return _open(
                 Reason.PROBATION_FAILED,
-                interval,
+                _doubled(record.probe_interval_sec, cfg),
                 now,
                 "a worker launched after the breaker closed failed before any proved itself",
             )
-        if _tripped(failed, proven, cfg) and evidence is None:
-            return _open(Reason.BREAKER_TRIPPED, base, now, _trip_message(failed, proven, cfg))
-        ready_since = sum(
-            1 for launch in since if launch.ready_at is not None and not counted_failure(launch)
-        )
-        limit = 1 if probation else max(2, 2 * ready_since)
-        return _Judged(
-            BreakerState.CLOSED, record.probe_interval_sec, probation=probation, booting_limit=limit
-        )
-    if _tripped(failed, proven, cfg) and evidence is None:
+    if evidence is None and _tripped(failed, proven, cfg):
         return _open(Reason.BREAKER_TRIPPED, base, now, _trip_message(failed, proven, cfg))
+    if evidence is None and streak:
+        message = f"the last {cfg.min_workers_for_rate_check} resolved launches all failed"
+        return _open(Reason.BREAKER_TRIPPED, base, now, message)
+    if record is None:
+        return _Judged(BreakerState.CLOSED, base)
+    if probation:
+        return _Judged(
+            BreakerState.CLOSED, record.probe_interval_sec, probation=True, booting_limit=1
+        )
+    if (now - record.at).total_seconds() < cfg.failure_window_sec:  # slow start
+        return _Judged(
+            BreakerState.CLOSED, record.probe_interval_sec, booting_limit=max(2, 2 * ready_since)
+        )
     return _Judged(BreakerState.CLOSED, base)
+
+
+def _since(launches: tuple[Launch, ...], record: BreakerRecord) -> list[Launch]:
+    """Launches of the closing cycle and after: they belong to the recovery."""
+    return [launch for launch in launches if launch.created_at >= record.at]
 
 
 def _trip_message(failed: int, proven: int, cfg: PolicyConfig) -> str:
@@ -328,7 +387,14 @@ def _judge_open(
     proven_before = [launch for launch in sample.proven if launch.created_at < record.at]
     if _rate_ok_for_open(len(before), len(proven_before), cfg):
         return _close(Reason.AGED_OUT, interval, "the failures left the window")
-    due = record.at + timedelta(seconds=interval)
+    # A fix deployed since (a fingerprint with no failure and no launch since the
+    # breaker opened) is probed at once: the old fingerprint's failures say nothing of it.
+    fresh = cfg.fingerprint is not None and not any(
+        launch.fingerprint == cfg.fingerprint
+        and (counted_failure(launch) or launch.created_at >= record.at)
+        for launch in launches
+    )
+    due = now if fresh else record.at + timedelta(seconds=interval)
     in_flight = probe is not None and probe.live and probe.failed_at is None
     if in_flight:
         assert probe is not None

@@ -1,7 +1,7 @@
 """Capacity backoff: an offering (GPU type x data center) that answered "no
 capacity" waits `CAPACITY_BACKOFF_SEC`, doubling per consecutive refusal up to
 `CAPACITY_BACKOFF_MAX_SEC`; a successful launch there resets it. Capacity errors
-are never worker failures."""
+are never worker failures. And the account-wide billing hold (402)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,23 @@ def offering_backoffs(
         if until > now:
             out.append(OfferingBackoff(offering, len(refusals), until))
     return tuple(out)
+
+
+def billing_hold(
+    launches: tuple[Launch, ...], now: datetime, cfg: PolicyConfig
+) -> tuple[datetime, datetime] | None:
+    """(since, retry_at) while the account cannot pay: the newest create was
+    answered 402 and none succeeded after it. One create is retried at
+    `retry_at` (the probe interval after the last 402); the first that succeeds
+    lifts the hold. Never a worker failure."""
+    since: datetime | None = None
+    last: datetime | None = None
+    for launch in sorted(launches, key=Launch.order):
+        if launch.pod_created:
+            since = last = None
+        elif launch.failure is Reason.BILLING_HOLD:
+            at = launch.failed_at or launch.created_at
+            since, last = since or at, at
+    if since is None or last is None:
+        return None
+    return since, last + timedelta(seconds=cfg.breaker_probe_interval_sec)

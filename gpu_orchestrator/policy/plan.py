@@ -15,11 +15,12 @@ from ..models import (
     Plan,
     PolicyConfig,
     Reason,
+    ServedRequests,
     Snapshot,
     WorkerStatus,
 )
 from .breaker import assess_breaker
-from .capacity import offering_backoffs
+from .capacity import billing_hold, offering_backoffs
 from .health import health_actions, observation_gap
 from .reconcile import foreign_pods, pod_sightings, reconcile_actions, unsafe_pod_list
 from .scaling import desired_workers, drain_candidates, queue_demand
@@ -58,6 +59,8 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
     shortfall = max(0, desired - capacity)
     room = max(0, cfg.max_active_gpus - pods)
     unmet = (demand > capacity and snapshot.queue.queued > 0) or capacity < cfg.min_active_gpus
+    hold = billing_hold(snapshot.launches, snapshot.now, cfg)
+    retry_due = None if hold is None else snapshot.now >= hold[1]
     launches = _gate(
         shortfall,
         room,
@@ -67,8 +70,10 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
         snapshot.controls.spawning_paused,
         snapshot.controls.kill_switch,
         bool(open_offerings),
+        retry_due,
         cfg,
     )
+    served = _served_requests(snapshot, room - launches.count, bool(open_offerings), retry_due)
 
     actions = list(health)
     for n in range(launches.count):
@@ -85,6 +90,16 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
                 probe=launches.probe,
             )
         )
+    if served is not None:
+        actions += [
+            Action(
+                ActionKind.SPAWN,
+                Reason.MANUAL,
+                "operator spawn request",
+                offering=open_offerings[0],
+                fallbacks=tuple(open_offerings[1:]),
+            )
+        ] * served.allowed
     if capacity > desired:
         idle = drain_candidates(serving, holds, snapshot.now, cfg)
         for w in idle[: capacity - desired]:
@@ -108,6 +123,8 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
         unsafe=unsafe_pod_list(snapshot, cfg) if snapshot.pods is not None else None,
         sightings=pod_sightings(snapshot, cfg),
         foreign_pods=foreign_pods(snapshot, cfg),
+        served_requests=served,
+        billing_hold_since=None if hold is None else hold[0],
         observation_gap=gap,
     )
 
@@ -121,14 +138,19 @@ def _gate(
     paused: bool,
     killed: bool,
     offering_open: bool,
+    billing_retry_due: bool | None,
     cfg: PolicyConfig,
 ) -> _Launches:
     """How many launches this cycle, whether it is the probe, and what held the
-    rest back. Order: kill switch, no offering, breaker, pause, ceiling, ramps."""
+    rest back. Order: kill switch, billing hold, no offering, breaker, pause,
+    ceiling, ramps. `billing_retry_due`: None without a billing hold, else whether
+    its one retry is due."""
     if shortfall == 0 and not (breaker.state is BreakerState.HALF_OPEN and unmet):
         return _Launches(0, False, ())
     if killed:
         return _Launches(0, False, (Reason.KILL_SWITCH,))
+    if billing_retry_due is False:
+        return _Launches(0, False, (Reason.BILLING_HOLD,))
     if not offering_open:
         return _Launches(0, False, (Reason.ALL_OFFERINGS_BACKING_OFF,))
     if breaker.state is BreakerState.OPEN:
@@ -144,6 +166,8 @@ def _gate(
     if paused:
         return _Launches(0, False, (Reason.SPAWNING_PAUSED,))
     limits = [(room, Reason.MAX_ACTIVE_REACHED), (cfg.max_spawns_per_cycle, Reason.RAMP_LIMIT)]
+    if billing_retry_due:
+        limits.append((1, Reason.BILLING_HOLD))  # one create tells whether it was paid
     if breaker.booting_limit is not None:
         limits.append((max(0, breaker.booting_limit - booting), Reason.RECOVERY_RAMP))
     count = min([shortfall] + [limit for limit, _ in limits])
@@ -175,30 +199,28 @@ def _spawn_reason(capacity: int, demand: int, cfg: PolicyConfig) -> Reason:
     return Reason.IDLE_BUFFER
 
 
-def manual_spawn_plan(snapshot: Snapshot, cfg: PolicyConfig, count: int) -> Plan:
-    """An operator's `spawn --count N`: up to N launches, never above
-    `MAX_ACTIVE_GPUS`, on the first offering not backing off (the breaker is the
-    operator's call here; the command is audited)."""
-    pods = _billing_pods(snapshot)
-    backoffs, offerings = _offerings(snapshot, cfg)
-    n = min(count, max(0, cfg.max_active_gpus - pods)) if offerings else 0
-    held = (
-        ()
-        if n == count
-        else ((Reason.MAX_ACTIVE_REACHED,) if offerings else (Reason.ALL_OFFERINGS_BACKING_OFF,))
+def _served_requests(
+    snapshot: Snapshot, room: int, offering_open: bool, billing_retry_due: bool | None
+) -> ServedRequests | None:
+    """Operator `spawn` requests, served by the leader: within `MAX_ACTIVE_GPUS`
+    (`room` left after this plan's own launches), never with the kill switch on,
+    during a billing hold or with every offering backing off. The breaker and a
+    pause are the operator's call (the request is audited)."""
+    controls = snapshot.controls
+    if controls.requested_spawns <= 0 or controls.spawn_request_id is None:
+        return None
+    asked = controls.requested_spawns
+    refusal = (
+        Reason.KILL_SWITCH
+        if controls.kill_switch
+        else Reason.BILLING_HOLD
+        if billing_retry_due is not None
+        else None
+        if offering_open
+        else Reason.ALL_OFFERINGS_BACKING_OFF
     )
-    spawn = Action(
-        ActionKind.SPAWN,
-        Reason.MANUAL,
-        "operator spawn",
-        offering=offerings[0] if offerings else None,
-        fallbacks=tuple(offerings[1:]),
-    )
-    return Plan(
-        actions=(spawn,) * n,
-        desired_workers=pods + n,
-        capacity=pods,
-        unmet_demand=count - n,
-        held_back=held,
-        backoffs=backoffs,
-    )
+    allowed = 0 if refusal is not None else min(asked, max(0, room))
+    if refusal is None and allowed < asked:
+        refusal = Reason.MAX_ACTIVE_REACHED
+    held = () if refusal is None else (refusal,)
+    return ServedRequests(controls.spawn_request_id, asked, allowed, held)

@@ -42,6 +42,8 @@ def worker_environment(settings: Settings, dsn: str, worker_id: str) -> dict[str
         WORKER_ID=worker_id,
         DATABASE_URL=dsn,
         MAX_TASK_ATTEMPTS=str(settings.max_task_attempts),
+        WORKER_TASK_TIMEOUT_SEC=f"{settings.worker_task_timeout_sec:g}",
+        TASK_STUCK_TIMEOUT_SEC=f"{settings.task_stuck_timeout_sec:g}",
         WORKER_HEARTBEAT_SEC=str(settings.worker_heartbeat_sec),
         WORKER_POLL_SEC=str(settings.worker_poll_sec),
         LOG_FORMAT="json",

@@ -127,6 +127,13 @@ class OrchestratorStore(Protocol):
         """Appends a breaker transition, a blind spell, an orphan pod or an operator
         lever to `orchestrator_events`."""
 
+    async def set_setting(self, name: str, value: Any) -> None:
+        """A setting the database enforces whoever calls (`max_task_attempts`)."""
+
+    async def maintenance(self, log_retention_sec: float, *, fence: Fence | None) -> dict[str, int]:
+        """Prunes `system_logs` past the retention and dead-letters queued tasks whose
+        attempts reached the limit; returns how many of each."""
+
     async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease: ...
 
     async def release_lease(self, name: str, holder: str) -> None: ...
@@ -148,6 +155,9 @@ class WorkerStore(Protocol):
     ) -> dict[str, Any]: ...
 
     async def claim_task(self, worker_id: str) -> dict[str, Any] | None: ...
+
+    async def tasks_held(self, worker_id: str) -> list[str]:
+        """Ids of the `In Progress` tasks this worker holds (an agent's start-up check)."""
 
     async def complete_task(
         self, task_id: str, worker_id: str, result: Mapping[str, Any]

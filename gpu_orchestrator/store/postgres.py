@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -232,6 +232,18 @@ class PostgresStore:
             detail or {},
         )
 
+    async def set_setting(self, name: str, value: Any) -> None:
+        await self._val("set_setting", "select orch_set_setting($1, $2)", name, value)
+
+    async def maintenance(self, log_retention_sec: float, *, fence: Fence | None) -> dict[str, int]:
+        out = await self._val(
+            "maintenance",
+            "select orch_maintenance($1, $2, $3)",
+            *_lease(fence),
+            timedelta(seconds=log_retention_sec),
+        )
+        return {k: int(v) for k, v in out.items()}
+
     async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease:
         out = await self._val(
             "acquire_lease", "select orch_acquire_lease($1, $2, $3)", name, holder, ttl_sec
@@ -295,6 +307,10 @@ class PostgresStore:
                 worker_id,
             )
         return None if row is None else dict(row)
+
+    async def tasks_held(self, worker_id: str) -> list[str]:
+        held = await self._val("tasks_held", "select func_tasks_held_by($1)", worker_id)
+        return [str(task_id) for task_id in held]
 
     async def complete_task(self, task_id: str, worker_id: str, result: Mapping[str, Any]) -> bool:
         out = await self._val(

@@ -56,7 +56,7 @@ def _split_workers(
     for (
         wid, raw_status, created, ready, heartbeat, drain, terminated, finished,
         completed, pod_id, termination, offering, probe, failed, task_caused, cost,
-        missing,
+        missing, fingerprint,
     ) in rows:  # fmt: skip
         status = _STATUS.get(raw_status, WorkerStatus.UNKNOWN)
         created_at = stamp(created, UTC)
@@ -100,6 +100,7 @@ def _split_workers(
                     reason if status is WorkerStatus.ERROR else None,
                     bool(task_caused),
                     completed,
+                    fingerprint,
                 )
             )
     return tuple(workers), tuple(launches)
@@ -117,10 +118,13 @@ def _breaker(row: dict[str, Any] | None) -> BreakerRecord | None:
 
 
 def _controls(row: dict[str, Any]) -> Controls:
+    requested, request_id = row.get("spawn_requests") or (0, None)
     return Controls(
         spawning_paused=bool(row.get("spawning_paused")),
         kill_switch=bool(row.get("kill_switch")),
         breaker_reset_at=_ts(row.get("breaker_reset_at")),
+        requested_spawns=int(requested),
+        spawn_request_id=None if request_id is None else int(request_id),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -36,7 +37,11 @@ log = structlog.get_logger()
 AgentStatus = Literal["starting", "running", "draining", "stopping"]
 
 _CONNECT_ATTEMPTS = 5  # then exit 1: the orchestrator's boot deadline reaps the pod
-_REPORT_ATTEMPTS = 3
+# A finished task's outcome is retried with backoff for this long before the agent
+# gives up on it (and only then claims anything else): a database blip of minutes
+# must not turn a finished task into a stuck one.
+_REPORT_BUDGET_SEC = 300.0
+_REPORT_MAX_DELAY_SEC = 30.0
 _CANCEL_GRACE_SEC = 5.0  # how long an interrupted handler may take to clean up
 
 # Replaced in tests: a second signal must not end the test process.
@@ -196,8 +201,29 @@ class WorkerAgent:
             return False
         prepare.result()  # a handler that cannot start is a crash (exit 1)
         self._step_done("handler_ready", started, handler=type(self._handler).__name__)
+        await self._resolve_leftovers()
         self._ready = True
         return True
+
+    async def _resolve_leftovers(self) -> None:
+        """Tasks still held by this worker id were running when an earlier agent
+        process of this pod died: their outcome is unknown, so they go back to the
+        queue (attempts + 1) now rather than after the stuck-task timeout."""
+        assert self._store is not None
+        store = self._store
+        try:
+            held = await store.tasks_held(self.worker_id)
+        except StoreError as exc:
+            log.warning("leftover_check_failed", error=str(exc))
+            return
+        error = f"worker {self.worker_id} restarted while running it"
+        limit = self._settings.max_task_attempts
+        for task_id in held:
+            accepted = await self._report(
+                "fail_task",
+                functools.partial(store.fail_task, task_id, self.worker_id, error, limit),
+            )
+            self._logs.record("warning", "leftover_task_released", task_id=task_id, ok=accepted)
 
     async def _finish(self, crashed: bool) -> None:
         """Last heartbeat (it ships the remaining log lines), then the health server."""
@@ -378,15 +404,20 @@ class WorkerAgent:
             self._logs.record("error", "task_report_failed", task_id=task.id, call=call)
 
     async def _report(self, call: str, send: Callable[[], Awaitable[bool]]) -> bool | None:
-        """The store's answer, retried on `StoreError`; None when every attempt failed."""
-        for attempt in range(1, _REPORT_ATTEMPTS + 1):
+        """The store's answer, retried on `StoreError` with backoff for up to
+        `_REPORT_BUDGET_SEC`; None when it never answered."""
+        deadline = time.monotonic() + _REPORT_BUDGET_SEC
+        delay, attempt = 0.5, 0
+        while True:
+            attempt += 1
             try:
                 return await send()
             except StoreError as exc:
                 log.warning("report_failed", call=call, attempt=attempt, error=str(exc))
-            if attempt < _REPORT_ATTEMPTS:
-                await asyncio.sleep(0.5 * attempt)
-        return None
+            if time.monotonic() + delay > deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _REPORT_MAX_DELAY_SEC)
 
     async def _stopped_within(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
