@@ -132,6 +132,7 @@ class Settings(BaseSettings):
     alert_capacity_minutes: Annotated[float, Field(ge=0)] = 15
     alert_task_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.5
     alert_task_failure_min_sample: Annotated[int, Field(ge=1)] = 5
+    alert_store_unreadable_cycles: Annotated[int, Field(ge=1)] = 3
 
     # worker agent
     worker_id: str | None = None

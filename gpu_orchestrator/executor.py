@@ -140,7 +140,15 @@ class Executor:
                     lost.append(exc)
                     return _result(action, "skipped", error=str(exc))
 
-        results = list(await asyncio.gather(*(run(a) for a in plan.actions)))
+        # The first launch goes ahead alone (beside the other actions): an account
+        # that cannot pay (402) then holds the rest before they are sent.
+        spawns = [n for n, a in enumerate(plan.actions) if a.kind is ActionKind.SPAWN]
+        waves = ([n for n in range(len(plan.actions)) if n not in spawns[1:]], spawns[1:])
+        done: dict[int, ActionResult] = {}
+        for wave in waves:
+            answers = await asyncio.gather(*(run(plan.actions[n]) for n in wave))
+            done.update(zip(wave, answers, strict=True))
+        results = [done[n] for n in range(len(plan.actions))]
         if lost:
             raise lost[0]
         return results

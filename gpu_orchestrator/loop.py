@@ -48,6 +48,7 @@ class CycleReport:
     snapshot: Snapshot | None = None
     plan: Plan | None = None
     results: tuple[ActionResult, ...] = field(default=())
+    failing_cycles: int = 0  # consecutive `retry` cycles, this one included
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -136,17 +137,9 @@ class Orchestrator:
                 log.exception("cycle_failed", error=f"{type(exc).__name__}: {exc}")
                 report = CycleReport(cycle_id, "retry", f"unexpected {type(exc).__name__}", 0.0)
             duration = (time.perf_counter() - started) * 1000
-            report = CycleReport(
-                report.cycle_id,
-                report.outcome,
-                report.reason,
-                duration,
-                report.snapshot,
-                report.plan,
-                report.results,
-            )
             self.last_tick = time.monotonic()
             self.failing_cycles = self.failing_cycles + 1 if report.outcome == "retry" else 0
+            report = replace(report, duration_ms=duration, failing_cycles=self.failing_cycles)
             _log_cycle(report)
         return report
 

@@ -44,6 +44,7 @@ from gpu_orchestrator.ops.alert_rules import (
     HEARTBEATS_STALE,
     NO_HEALTHY_WORKER,
     PROVIDER_AUTH_OR_BALANCE,
+    STORE_UNREADABLE,
     TASK_FAILURE_RATE_HIGH,
     Alert,
     AlertConfig,
@@ -152,9 +153,11 @@ def test_failure_rate_message_names_rate_and_reasons() -> None:
 
 
 def test_a_cycle_that_observed_nothing_gives_no_evidence() -> None:
-    rep = CycleReport("c1", "retry", "StoreError: down", 1.0)
+    rep = CycleReport("c1", "retry", "StoreError: down", 1.0, failing_cycles=1)
     conds = evaluate(rep, CFG)
     assert set(conds) == set(ALERT_KEYS)
+    # only the store alert judges a failed read: once, not yet three times in a row
+    assert conds.pop(STORE_UNREADABLE).firing is False
     assert all(c.firing is None for c in conds.values())
 
 

@@ -97,22 +97,33 @@ def test_decide_is_deterministic_with_history(history, queued):
     assert decide(s, CFG) == decide(replace(s, launches=tuple(history)), CFG)
 
 
+# Queued tasks at a time since the start: always a deep queue, always one task, or
+# a burst of demand for 20 minutes every 3 hours (quiet spells longer than a window).
+DEMAND = {
+    "deep": lambda _elapsed: 100,
+    "one": lambda _elapsed: 1,
+    "comes_and_goes": lambda elapsed: 100 if elapsed % (3 * 3600) < 20 * 60 else 0,
+}
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     interval=st.sampled_from([60.0, 300.0, 900.0]),
     boot_timeout=st.sampled_from([300.0, 600.0]),
     max_gpus=st.integers(2, 10),
     poll=st.sampled_from([15.0, 30.0]),
+    demand=st.sampled_from(sorted(DEMAND)),
 )
 def test_permanent_outage_launches_stay_under_the_stated_bound(
-    interval, boot_timeout, max_gpus, poll
+    interval, boot_timeout, max_gpus, poll, demand
 ):
-    """No pod ever boots and tasks always wait. Until the breaker trips the fleet
-    relaunches at most MAX_ACTIVE_GPUS per boot deadline; once it has tripped every
-    launch is a probe or a probation launch, at least min(probe interval, window)
-    + boot deadline apart: at most 3600 / (min(interval, window) + boot deadline)
-    + 1 launches per hour. (The fleet must be able to fail the minimum sample
-    within one window for the breaker to trip: here 2 GPUs x 30 min / 10 min >= 5.)"""
+    """No pod ever boots. Until the breaker trips the fleet relaunches at most
+    MAX_ACTIVE_GPUS per boot deadline; once it has tripped every launch is a probe
+    or a probation launch, at least min(probe interval, window) + boot deadline
+    apart: at most 3600 / (min(interval, window) + boot deadline) + 1 launches per
+    hour, whatever the demand does (a deep queue, one task, bursts after quiet
+    spells). A fleet too small to fail the minimum sample within one window trips
+    on a streak of failures instead."""
     cfg = replace(
         CFG,
         max_active_gpus=max_gpus,
@@ -121,10 +132,11 @@ def test_permanent_outage_launches_stay_under_the_stated_bound(
         breaker_probe_interval_sec=interval,
     )
     window = cfg.failure_window_sec
-    assert max_gpus * (window // boot_timeout) >= cfg.min_workers_for_rate_check
-    sim = SimFleet(cfg, T0, boots=lambda _at: False, queued=100)
+    queued = DEMAND[demand]
+    sim = SimFleet(cfg, T0, boots=lambda _at: False, queued=queued(0.0))
     hours = 8
-    for _ in range(int(hours * 3600 / poll)):
+    for step in range(int(hours * 3600 / poll)):
+        sim.queued = queued(step * poll)
         sim.step(poll)
     per_hour = sim.launches_per_hour(T0, hours)
     bound = math.floor(3600 / (min(interval, window) + boot_timeout)) + 1

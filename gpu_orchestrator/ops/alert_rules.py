@@ -45,6 +45,8 @@ HEARTBEATS_STALE = "heartbeats_stale"
 TASK_FAILURE_RATE_HIGH = "task_failure_rate_high"
 ALL_OFFERINGS_BACKING_OFF = "all_offerings_backing_off"
 PROVIDER_AUTH_OR_BALANCE = "provider_auth_or_balance"
+BILLING_HOLD = "billing_hold"
+STORE_UNREADABLE = "store_unreadable"
 
 ALERT_KEYS = (
     BREAKER_OPENED,
@@ -55,6 +57,8 @@ ALERT_KEYS = (
     TASK_FAILURE_RATE_HIGH,
     ALL_OFFERINGS_BACKING_OFF,
     PROVIDER_AUTH_OR_BALANCE,
+    BILLING_HOLD,
+    STORE_UNREADABLE,
 )
 
 
@@ -77,6 +81,8 @@ class AlertConfig:
     task_failure_rate: float = 0.5  # ALERT_TASK_FAILURE_RATE: strictly above
     task_failure_min_sample: int = 5  # ALERT_TASK_FAILURE_MIN_SAMPLE: finished tasks
     task_window_sec: float = 1800.0  # the snapshot's horizon, over which task outcomes count
+    store_unreadable_cycles: int = 3  # ALERT_STORE_UNREADABLE_CYCLES: failed cycles in a row
+    probe_interval_sec: float = 300.0  # BREAKER_PROBE_INTERVAL_SEC: a billing hold's retry
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlertConfig:
@@ -95,6 +101,8 @@ class AlertConfig:
             task_failure_rate=settings.alert_task_failure_rate,
             task_failure_min_sample=settings.alert_task_failure_min_sample,
             task_window_sec=settings.policy().horizon_sec,
+            store_unreadable_cycles=settings.alert_store_unreadable_cycles,
+            probe_interval_sec=settings.breaker_probe_interval_sec,
         )
 
     @property
@@ -192,6 +200,7 @@ def evaluate(
         for key in ALERT_KEYS:
             out[key] = AlertCondition(None, "info", f"no observation ({report.outcome})")
         out[TASK_FAILURE_RATE_HIGH] = _task_failure_rate(task_stats, cfg)
+        out[STORE_UNREADABLE] = _store_unreadable(report, cfg)
         return out
     out[BREAKER_OPENED], out[BREAKER_CLOSED] = _breaker_notices(report)
     out[FAILURE_RATE_HIGH] = _failure_rate(report, cfg)
@@ -200,7 +209,38 @@ def evaluate(
     out[TASK_FAILURE_RATE_HIGH] = _task_failure_rate(task_stats, cfg)
     out[ALL_OFFERINGS_BACKING_OFF] = _capacity(report, cfg)
     out[PROVIDER_AUTH_OR_BALANCE] = _provider_refusals(report.results)
+    out[BILLING_HOLD] = _billing_hold(report, cfg)
+    out[STORE_UNREADABLE] = AlertCondition(False, "critical", "the store answered")
     return out
+
+
+def _store_unreadable(report: CycleReport, cfg: AlertConfig) -> AlertCondition:
+    if report.outcome != "retry":
+        return AlertCondition(None, "critical", f"no observation ({report.outcome})")
+    fields: dict[str, Any] = {"failed_cycles": report.failing_cycles}
+    return AlertCondition(
+        report.failing_cycles >= cfg.store_unreadable_cycles,
+        "critical",
+        f"{report.failing_cycles} cycles in a row could not read the state store, so the "
+        f"fleet is not watched: {(report.reason or '')[:200]}",
+        fields,
+    )
+
+
+def _billing_hold(report: CycleReport, cfg: AlertConfig) -> AlertCondition:
+    plan = report.plan
+    assert plan is not None
+    since = plan.billing_hold_since
+    if since is None:
+        return AlertCondition(False, "critical", "no billing hold")
+    return AlertCondition(
+        True,
+        "critical",
+        f"the provider account cannot pay (402) since {since.isoformat()}: every spawn is "
+        f"held; add funds. One create is retried every {cfg.probe_interval_sec:g} s and "
+        "the first that succeeds lifts the hold",
+        {"since": since.isoformat()},
+    )
 
 
 def _breaker_notices(report: CycleReport) -> tuple[AlertCondition, AlertCondition]:

@@ -146,6 +146,7 @@ class HealthReport:
                 # listed pods not named as ours: never touched, shown so they are seen
                 "foreign": list(plan.foreign_pods),
             },
+            "billing_hold_since": _iso(plan.billing_hold_since),
             "controls": {
                 "spawning_paused": snap.controls.spawning_paused,
                 "kill_switch": snap.controls.kill_switch,
@@ -192,6 +193,18 @@ def judge(snapshot: Snapshot, settings: Settings, what_if: dict[str, str]) -> He
             Verdict.BLOCKED,
             "kill switch on: nothing is spawned, probes included",
             "when safe: gpu-orchestrator kill-switch off --reason '...'",
+        )
+    if plan.billing_hold_since is not None:
+        return _report(
+            snapshot,
+            plan,
+            settings,
+            what_if,
+            Verdict.BLOCKED,
+            f"billing hold since {_iso(plan.billing_hold_since)}: the provider account "
+            "cannot pay (402), no spawn is attempted",
+            "add funds to the provider account; a create is retried every "
+            f"{cfg.breaker_probe_interval_sec:g} s and the first that succeeds lifts the hold",
         )
     if breaker.state is not BreakerState.CLOSED:
         summary = f"breaker {breaker.state.value}: failure rate {rate} ({counts}), spawning blocked"
@@ -332,6 +345,16 @@ def render_text(report: HealthReport) -> str:
         f"next cycle: {len(nxt['actions'])} action(s), desired {nxt['desired_workers']}, "
         f"held back: {', '.join(nxt['held_back']) or '-'}"
     )
+    if doc["billing_hold_since"]:
+        lines.append(
+            f"billing hold since {doc['billing_hold_since']}: the provider account cannot pay"
+            " (402); every spawn is held until a retried create succeeds"
+        )
+    if b["failed_fingerprints"]:
+        lines.append(
+            f"failed launch fingerprints: {', '.join(b['failed_fingerprints'])}; "
+            f"launches now: {b['fingerprint']}"
+        )
     pods = doc["pods"]
     if not pods["listed"]:
         lines.append("pods: not listed (the provider did not answer)")

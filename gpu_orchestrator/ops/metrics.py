@@ -187,6 +187,7 @@ class _FleetView:
     failure_rate: float  # NaN: no sample in the window
     failures: dict[str, int]
     proven: int | None
+    billing_hold: bool  # a 402 holds every spawn
 
     @classmethod
     def of(cls, report: CycleReport) -> _FleetView:
@@ -212,6 +213,7 @@ class _FleetView:
             failure_rate=math.nan if breaker is None or breaker.rate is None else breaker.rate,
             failures=failures if breaker is not None else {},
             proven=None if breaker is None else breaker.proven,
+            billing_hold=report.plan is not None and report.plan.billing_hold_since is not None,
         )
 
 
@@ -258,6 +260,11 @@ class _FleetCollector(Collector):
             v.oldest_queued_age_sec,
         )
         yield _gauge("gpuorch_tasks_in_progress", "Tasks In Progress.", v.in_progress)
+        yield _gauge(
+            "gpuorch_billing_hold",
+            "1 while the provider account cannot pay (402): every spawn is held.",
+            float(v.billing_hold),
+        )
         yield from self._breaker(v)
 
     @staticmethod
