@@ -1,4 +1,6 @@
-"""structlog set-up: JSON lines for machines, console rendering on a terminal."""
+"""structlog set-up: JSON lines for machines, console rendering on a terminal.
+Log records of libraries (asyncpg, httpx, ...) go through the same renderer, so a
+JSON log stays JSON, tracebacks included."""
 
 from __future__ import annotations
 
@@ -19,14 +21,27 @@ def configure_logging(fmt: str | None, level: str = "INFO") -> None:
         if fmt == "console"
         else [structlog.processors.EventRenamer("message"), structlog.processors.JSONRenderer()]
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                *tail,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            *tail,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,

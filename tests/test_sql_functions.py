@@ -502,9 +502,15 @@ async def test_the_attempts_limit_is_the_databases_whatever_a_caller_passes(
     [stale] = await _add_tasks(store, 1)
     await store.pool.execute("update tasks set attempts = 2 where id = $1::uuid", stale)
     assert await store.claim_task("gpu-1") is None
+    await store.pool.execute(
+        "insert into system_logs (timestamp, source_type, message) values"
+        " (now() - interval '2 days', 'worker', 'old'), (now(), 'worker', 'new')"
+    )
     done = await store.maintenance(86400, fence=None)
-    assert done["tasks_dead_lettered"] == 1
+    assert done == {"logs_pruned": 1, "tasks_dead_lettered": 1}
     assert (await _task(store, stale))["status"] == "Failed"
+    kept = await store.pool.fetch("select message from system_logs")
+    assert [r["message"] for r in kept] == ["new"]
 
 
 # ---------------------------------------------------------------------------

@@ -75,11 +75,10 @@ class LocalProvider:
         return isinstance(pid, int) and started is not None and _start_time(pid) == started
 
     async def create_pod(self, spec: PodSpec) -> Pod:
-        if self._record_path(spec.worker_id).exists():
-            existing = await self._find(spec.worker_id)
-            if existing is not None:
-                return existing  # a retried launch: the pod already exists
-        self._dir.mkdir(parents=True, exist_ok=True)
+        existing = await self._find(spec.worker_id)
+        if existing is not None:
+            return existing  # a retried launch: the pod already exists
+        await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
         try:
             log_path = self._dir / f"{spec.worker_id}.log"
             with await asyncio.to_thread(open, log_path, "ab") as log:
@@ -87,8 +86,7 @@ class LocalProvider:
         except OSError as exc:
             raise ProviderError(f"could not start local worker {spec.worker_id}: {exc}") from exc
         self._children[spec.worker_id] = proc
-        record = {"pid": proc.pid, "started": _start_time(proc.pid), "name": spec.worker_id}
-        self._record_path(spec.worker_id).write_text(json.dumps(record))
+        await asyncio.to_thread(self._write_record, spec.worker_id, proc.pid)
         return Pod(spec.worker_id, spec.worker_id, running=True, status="RUNNING", cost_per_hr=0.0)
 
     async def _start(self, spec: PodSpec, log: IO[bytes]) -> asyncio.subprocess.Process:
@@ -105,7 +103,14 @@ class LocalProvider:
             sys.executable, "-m", "gpu_orchestrator", "worker", **options
         )
 
-    async def _find(self, worker_id: str) -> Pod | None:
+    # File and /proc reads run in a thread: the event loop serves heartbeats,
+    # leases and HTTP meanwhile.
+
+    def _write_record(self, worker_id: str, pid: int) -> None:
+        record = {"pid": pid, "started": _start_time(pid), "name": worker_id}
+        self._record_path(worker_id).write_text(json.dumps(record))
+
+    def _pod(self, worker_id: str) -> Pod | None:
         record = self._read(worker_id)
         if record is None:
             return None
@@ -118,19 +123,24 @@ class LocalProvider:
             cost_per_hr=0.0,
         )
 
-    async def list_pods(self) -> list[Pod]:
+    def _pods(self) -> list[Pod]:
         if not self._dir.is_dir():
             return []
-        pods = [await self._find(p.stem) for p in sorted(self._dir.glob("*.json"))]
+        pods = [self._pod(p.stem) for p in sorted(self._dir.glob("*.json"))]
         return [p for p in pods if p is not None]
 
+    async def _find(self, worker_id: str) -> Pod | None:
+        return await asyncio.to_thread(self._pod, worker_id)
+
+    async def list_pods(self) -> list[Pod]:
+        return await asyncio.to_thread(self._pods)
+
     async def terminate_pod(self, worker_id: str, pod_id: str | None) -> None:
-        record = self._read(worker_id)
-        if record is not None and self._alive(record):
+        record = await asyncio.to_thread(self._read, worker_id)
+        if record is not None and await asyncio.to_thread(self._alive, record):
             await self._stop(worker_id, record)
         self._children.pop(worker_id, None)
-        with contextlib.suppress(FileNotFoundError):
-            self._record_path(worker_id).unlink()
+        await asyncio.to_thread(self._record_path(worker_id).unlink, missing_ok=True)
 
     async def _stop(self, worker_id: str, record: dict[str, object]) -> None:
         """SIGTERM to the pod's process group (the agent reports its task), then
@@ -153,10 +163,10 @@ class LocalProvider:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            if not self._alive(record):
+            if not await asyncio.to_thread(self._alive, record):
                 return True
             await asyncio.sleep(0.05)
-        return not self._alive(record)
+        return not await asyncio.to_thread(self._alive, record)
 
     async def aclose(self) -> None:
         """Pods keep running: they belong to the fleet, not to this process."""

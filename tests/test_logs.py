@@ -1,0 +1,34 @@
+"""Log set-up: with LOG_FORMAT=json every line is one JSON object, the lines of
+libraries (asyncpg's tracebacks, httpx) included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCRIPT = """
+import logging, structlog
+from gpu_orchestrator.logs import configure_logging
+configure_logging("json")
+structlog.get_logger().warning("ours", worker_id="w1")
+try:
+    raise ConnectionResetError("connection lost")
+except ConnectionResetError:
+    logging.getLogger("asyncpg.pool").exception("Unexpected exception in a connection")
+logging.getLogger("httpx").debug("below the level: not printed")
+"""
+
+
+def test_library_log_lines_are_json_too_tracebacks_included() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [line["message"] for line in lines] == [
+        "ours",
+        "Unexpected exception in a connection",
+    ]
+    ours, theirs = lines
+    assert ours["worker_id"] == "w1" and ours["level"] == "warning"
+    assert theirs["level"] == "error" and "ConnectionResetError" in theirs["exception"]
