@@ -14,6 +14,7 @@ from test_cli import Cli
 from test_config import run_cli
 from test_runpod_provider import KEY, provider_for, runpod_settings
 
+from gpu_orchestrator.errors import SettingsError
 from gpu_orchestrator.loop import CycleReport
 from gpu_orchestrator.models import ActionKind, Reason
 from gpu_orchestrator.ops.alert_rules import (
@@ -24,6 +25,7 @@ from gpu_orchestrator.ops.alert_rules import (
 )
 from gpu_orchestrator.ops.health import Verdict, judge
 from gpu_orchestrator.ops.metrics import Metrics
+from gpu_orchestrator.providers.base import worker_environment
 from gpu_orchestrator.runtime import Runtime, open_runtime
 
 PROBE_SEC = 0.5
@@ -139,3 +141,13 @@ def test_a_worker_task_timeout_not_below_the_stuck_timeout_is_refused() -> None:
     result = run_cli("config", WORKER_TASK_TIMEOUT_SEC="3600", TASK_STUCK_TIMEOUT_SEC="3600")
     assert result.returncode == 2
     assert "WORKER_TASK_TIMEOUT_SEC=3600" in result.stderr and "TASK_STUCK" in result.stderr
+
+
+def test_pods_get_the_task_timeout_and_it_is_below_the_stuck_timeout(tmp_path) -> None:
+    with pytest.raises(SettingsError, match="WORKER_TASK_TIMEOUT_SEC=3000"):
+        runpod_settings(orchestrator_data_dir=tmp_path, task_stuck_timeout_sec=900)
+    settings = runpod_settings(
+        orchestrator_data_dir=tmp_path, task_stuck_timeout_sec=900, worker_task_timeout_sec=600
+    )
+    env = worker_environment(settings, "postgresql://u:pw@h/d", "gpu-1")
+    assert (env["WORKER_TASK_TIMEOUT_SEC"], env["TASK_STUCK_TIMEOUT_SEC"]) == ("600", "900")
