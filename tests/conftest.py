@@ -41,10 +41,23 @@ def pg_admin_dsn() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# Supabase's API roles, stood in for (roles are cluster-wide): the grants must keep
+# them out of everything we own.
+SUPABASE_ROLES = ("anon", "authenticated", "service_role")
+
+
+async def ensure_supabase_roles(admin: asyncpg.Connection) -> None:
+    for role in SUPABASE_ROLES:
+        # a concurrent session may create it first: either error means "exists"
+        with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+            await admin.execute(f"create role {role} nologin")
+
+
 @pytest.fixture(scope="session")
 async def template_db(pg_admin_dsn: str) -> AsyncIterator[str]:
     name = f"gpo_tpl_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(pg_admin_dsn)
+    await ensure_supabase_roles(admin)
     await admin.execute(f'create database "{name}"')
     conn = await asyncpg.connect(with_database(pg_admin_dsn, name))
     await apply_migrations(conn)

@@ -1,4 +1,6 @@
-"""Applies the versioned SQL migrations in `migrations/`, in order, once each.
+"""Applies the versioned SQL migrations in `migrations/`, in order, once each,
+then the grants (`grants.sql`) every time: least privilege is re-asserted on every
+migrate, whatever a dashboard or default privileges changed meanwhile.
 
 Safe to run concurrently: every run takes one transaction-scoped advisory lock,
 so a second process waits, then finds the versions applied and does nothing.
@@ -19,6 +21,10 @@ create table if not exists orchestrator_migrations (
     applied_at timestamptz not null default now()
 )
 """
+
+
+def grants_sql() -> str:
+    return (resources.files("gpu_orchestrator.store") / "grants.sql").read_text(encoding="utf-8")
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -47,4 +53,5 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             await conn.execute(sql)
             await conn.execute("insert into orchestrator_migrations (version) values ($1)", version)
             applied_now.append(version)
+        await conn.execute(grants_sql())
     return applied_now

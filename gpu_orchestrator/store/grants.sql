@@ -1,0 +1,79 @@
+-- Least privilege, re-applied after every migrate (idempotent).
+--
+-- Supabase exposes the `public` schema to the anon key, which browsers hold, and
+-- its default privileges grant every new table and function to `anon` and
+-- `authenticated`. So:
+-- - every table we own has row level security on and no grant to PUBLIC, `anon`
+--   or `authenticated`;
+-- - every function we own is `security definer` with a fixed search_path, is
+--   revoked from PUBLIC, `anon` and `authenticated`, and is granted only to
+--   `service_role` (where it exists: the REST store's key) and, for the worker
+--   API, to `gpu_worker` (a role for workers, created here);
+-- - the migrating role owns everything and keeps every right.
+-- Tables of an adopted Headless-Wan2GP / Reigh database (`tasks`, `workers`,
+-- `system_logs` there belong to the app) keep their own RLS and grants.
+do $$
+declare
+    here constant text := current_schema();
+    worker_api constant text[] := array[
+        'func_claim_available_task', 'func_worker_heartbeat_with_logs',
+        'func_mark_task_complete', 'func_mark_task_failed', 'func_tasks_held_by'];
+    legacy constant boolean := exists (select 1 from pg_type where typname = 'task_status')
+        or exists (select 1 from information_schema.columns
+                   where table_schema = current_schema() and table_name = 'workers'
+                     and column_name = 'instance_type');
+    tables text[] := array['worker_events', 'orchestrator_events', 'orchestrator_leases',
+                           'orchestrator_migrations', 'orchestrator_settings'];
+    outsiders text[] := array[]::text[];
+    fn record;
+    tbl text;
+    who text;
+begin
+    if not exists (select 1 from pg_roles where rolname = 'gpu_worker') then
+        begin
+            create role gpu_worker nologin;
+        exception when insufficient_privilege then
+            raise notice 'cannot create role gpu_worker (no CREATEROLE): the worker API is '
+                         'granted to service_role only';
+        end;
+    end if;
+    if not legacy then
+        tables := tables || array['tasks', 'workers', 'system_logs'];
+    end if;
+    for who in select rolname from pg_roles where rolname in ('anon', 'authenticated') loop
+        outsiders := outsiders || who;
+    end loop;
+
+    foreach tbl in array tables loop
+        execute format('alter table %I.%I enable row level security', here, tbl);
+        execute format('revoke all on table %I.%I from public', here, tbl);
+        foreach who in array outsiders loop
+            execute format('revoke all on table %I.%I from %I', here, tbl, who);
+        end loop;
+    end loop;
+
+    for fn in
+        select p.oid::regprocedure as sig, p.proname
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname = here
+          and (p.proname like 'orch\_%' or p.proname = any (worker_api))
+    loop
+        execute format('alter function %s security definer set search_path = pg_catalog, %I',
+                       fn.sig, here);
+        execute format('revoke all on function %s from public', fn.sig);
+        foreach who in array outsiders loop
+            execute format('revoke all on function %s from %I', fn.sig, who);
+        end loop;
+        if exists (select 1 from pg_roles where rolname = 'service_role') then
+            execute format('grant execute on function %s to service_role', fn.sig);
+        end if;
+        if fn.proname = any (worker_api)
+           and exists (select 1 from pg_roles where rolname = 'gpu_worker') then
+            execute format('grant execute on function %s to gpu_worker', fn.sig);
+        end if;
+    end loop;
+end
+$$;
+
+-- PostgREST (Supabase's Data API) caches the schema: let it see new functions.
+notify pgrst, 'reload schema';
