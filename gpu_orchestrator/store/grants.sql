@@ -5,10 +5,13 @@
 -- `authenticated`. So:
 -- - every table we own has row level security on and no grant to PUBLIC, `anon`
 --   or `authenticated`;
--- - every function we own is `security definer` with a fixed search_path, is
---   revoked from PUBLIC, `anon` and `authenticated`, and is granted only to
---   `service_role` (where it exists: the REST store's key) and, for the worker
---   API, to `gpu_worker` (a role for workers, created here);
+-- - every function we own is revoked from PUBLIC, `anon` and `authenticated`; the
+--   entry points are `security definer` with a fixed search_path and granted only
+--   to `service_role` (where it exists: the REST store's key) and, for the worker
+--   API, to `gpu_worker` (a role for workers, created here); the helpers they call
+--   (`helpers` below) run as their caller, the definer, and are granted to nobody:
+--   a definer with `set search_path` costs a configuration change per call, too
+--   much inside the claim;
 -- - the migrating role owns everything and keeps every right.
 -- Tables of an adopted Headless-Wan2GP / Reigh database (`tasks`, `workers`,
 -- `system_logs` there belong to the app) keep their own RLS and grants.
@@ -18,6 +21,8 @@ declare
     worker_api constant text[] := array[
         'func_claim_available_task', 'func_worker_heartbeat_with_logs',
         'func_mark_task_complete', 'func_mark_task_failed', 'func_tasks_held_by'];
+    helpers constant text[] := array[
+        'orch_check_lease', 'orch_task_attempts_limit', 'orch_try_timestamptz'];
     legacy constant boolean := exists (select 1 from pg_type where typname = 'task_status')
         or exists (select 1 from information_schema.columns
                    where table_schema = current_schema() and table_name = 'workers'
@@ -58,12 +63,19 @@ begin
         where n.nspname = here
           and (p.proname like 'orch\_%' or p.proname = any (worker_api))
     loop
-        execute format('alter function %s security definer set search_path = pg_catalog, %I',
-                       fn.sig, here);
         execute format('revoke all on function %s from public', fn.sig);
         foreach who in array outsiders loop
             execute format('revoke all on function %s from %I', fn.sig, who);
         end loop;
+        if fn.proname = any (helpers) then
+            execute format('alter function %s security invoker reset all', fn.sig);
+            if exists (select 1 from pg_roles where rolname = 'service_role') then
+                execute format('revoke all on function %s from service_role', fn.sig);
+            end if;
+            continue;
+        end if;
+        execute format('alter function %s security definer set search_path = pg_catalog, %I',
+                       fn.sig, here);
         if exists (select 1 from pg_roles where rolname = 'service_role') then
             execute format('grant execute on function %s to service_role', fn.sig);
         end if;

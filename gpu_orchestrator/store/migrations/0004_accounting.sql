@@ -22,12 +22,18 @@ language sql as $$
 $$;
 
 -- `MAX_TASK_ATTEMPTS` as the orchestrator set it (3 until it did); a caller's own
--- limit may lower it, never raise it, and null means the database's.
+-- limit may lower it, never raise it, and null means the database's. plpgsql, not
+-- sql: the claim calls it every time, and a sql function is planned per call.
 create or replace function orch_task_attempts_limit(asked_param integer) returns integer
-language sql stable as $$
-    select least(coalesce(asked_param, configured), configured)
-    from (select coalesce((select (value #>> '{}')::integer from orchestrator_settings
-                           where name = 'max_task_attempts'), 3) as configured) c;
+language plpgsql stable as $$
+declare
+    configured integer;
+begin
+    select (value #>> '{}')::integer into configured
+    from orchestrator_settings where name = 'max_task_attempts';
+    configured := coalesce(configured, 3);
+    return least(coalesce(asked_param, configured), configured);
+end
 $$;
 
 -- The intent row, written before the provider is asked for a pod.
