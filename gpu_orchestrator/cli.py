@@ -132,9 +132,32 @@ def once() -> None:
 
 
 @app.command()
-def migrate() -> None:
-    """Apply pending database migrations (idempotent, safe to run concurrently)."""
+def migrate(
+    print_sql: bool = typer.Option(
+        False,
+        "--print-sql",
+        help="Print every migration as one SQL script (for the Supabase SQL editor or "
+        "`supabase db push`) instead of applying it; safe to run on a migrated database.",
+    ),
+) -> None:
+    """Apply pending database migrations (idempotent, safe to run concurrently).
+
+    Over the REST store (SUPABASE_URL without DATABASE_URL) nothing can be applied:
+    use --print-sql and run its output in the Supabase SQL editor."""
+    if print_sql:
+        from .store.migrate import migration_script
+
+        typer.echo(migration_script())
+        return
     settings = _settings()
+    if settings.store_kind == "supabase":
+        typer.echo(
+            "gpu-orchestrator: migrations cannot run over Supabase's REST API: run "
+            "`gpu-orchestrator migrate --print-sql` and apply the output in the Supabase SQL "
+            "editor, or set DATABASE_URL (the session pooler, port 5432) and migrate",
+            err=True,
+        )
+        raise typer.Exit(2)
 
     async def main() -> list[str]:
         from .runtime import migrate as apply
@@ -168,13 +191,9 @@ def enqueue(
     settings = _settings()
 
     async def main() -> int:
-        from .runtime import migrate as apply
-        from .runtime import resolve_dsn
-        from .store.postgres import PostgresStore
+        from .runtime import connect_store
 
-        dsn = await resolve_dsn(settings)
-        await apply(dsn)
-        store = await PostgresStore.connect(dsn, max_size=1)
+        store = await connect_store(settings, migrated=True)
         try:
             return await store.enqueue_tasks([{"task_type": task_type, "params": parsed}] * count)
         finally:
@@ -416,13 +435,9 @@ def _record_lever(kind: str, reason: str, actor: str | None) -> None:
     settings = _settings()
 
     async def record() -> None:
-        from .runtime import migrate as apply
-        from .runtime import resolve_dsn
-        from .store.postgres import PostgresStore
+        from .runtime import connect_store
 
-        dsn = await resolve_dsn(settings)
-        await apply(dsn)
-        store = await PostgresStore.connect(dsn, max_size=1)
+        store = await connect_store(settings, migrated=True)
         try:
             await store.record_event(kind, _who(actor), reason.strip(), fence=None)
         finally:

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # state store
     database_url: SecretStr | None = None
     orchestrator_data_dir: Path = Field(default_factory=_default_data_dir)
+    # the REST store (Supabase's Data API), used when DATABASE_URL is unset
+    supabase_url: str | None = None
+    supabase_service_role_key: SecretStr | None = None
+    # what workers present on the REST path: a key for the `gpu_worker` role, never
+    # the service role key (which bypasses RLS) nor the anon key (which browsers hold)
+    supabase_worker_key: SecretStr | None = None
 
     # provider
     orchestrator_provider: Literal["local", "runpod"] | None = None
@@ -176,6 +182,17 @@ class Settings(BaseSettings):
                 f"CAPACITY_BACKOFF_SEC={self.capacity_backoff_sec:g}: must be at most "
                 f"CAPACITY_BACKOFF_MAX_SEC ({self.capacity_backoff_max_sec:g})"
             )
+        if self.supabase_url is not None and not self.supabase_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"SUPABASE_URL={self.supabase_url}: must be an http(s) URL")
+        if (self.supabase_url is None) != (
+            self.supabase_service_role_key is None and self.supabase_worker_key is None
+        ):
+            raise ValueError(
+                "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or, for a worker, "
+                "SUPABASE_WORKER_KEY) go together: set both or neither"
+            )
         if self.worker_database_url is not None and self.database_url is None:
             raise ValueError(
                 "WORKER_DATABASE_URL is set but DATABASE_URL is not: the orchestrator would "
@@ -206,15 +223,27 @@ class Settings(BaseSettings):
             )
         if not self.offerings:
             raise ValueError("RUNPOD_GPU_TYPES is unset: name at least one GPU type")
-        if self.worker_database_url is None and self.database_url is None:
+        rest_workers = self.supabase_url is not None and self.supabase_worker_key is not None
+        if self.worker_database_url is None and self.database_url is None and not rest_workers:
             raise ValueError(
                 "WORKER_DATABASE_URL and DATABASE_URL are unset: Runpod workers cannot reach "
-                "the embedded database; set DATABASE_URL (or WORKER_DATABASE_URL)"
+                "the embedded database; set DATABASE_URL (or WORKER_DATABASE_URL), or "
+                "SUPABASE_URL with SUPABASE_WORKER_KEY for the REST path"
             )
         if self.runpod_network_volume_id and self.runpod_volume_gb:
             raise ValueError(
                 "RUNPOD_NETWORK_VOLUME_ID and RUNPOD_VOLUME_GB are both set: a pod takes one"
             )
+
+    @property
+    def store_kind(self) -> str:
+        """`postgres` (DATABASE_URL), `supabase` (the REST store: SUPABASE_URL and a
+        key, no DATABASE_URL) or `embedded` (neither)."""
+        if self.database_url is not None:
+            return "postgres"
+        if self.supabase_url is not None:
+            return "supabase"
+        return "embedded"
 
     @property
     def provider_name(self) -> str:
@@ -294,7 +323,7 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings with every secret hidden (for `config` and logs)."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"store": self.store_kind, "provider": self.provider_name}
         for name, value in self.model_dump().items():
             if name in ("database_url", "worker_database_url") and value is not None:
                 out[name] = redact_dsn(value.get_secret_value())

@@ -1,5 +1,6 @@
-"""Builds the parts of a running orchestrator from settings: the database (direct
-or embedded), migrations, the store, the provider, the executor and the loop."""
+"""Builds the parts of a running orchestrator from settings: the database (direct,
+embedded, or Supabase's Data API), migrations, the store, the provider, the
+executor and the loop."""
 
 from __future__ import annotations
 
@@ -8,15 +9,23 @@ from dataclasses import dataclass
 import asyncpg
 
 from .config import Settings
-from .errors import StoreError
+from .errors import SettingsError, StoreError
 from .executor import Executor
 from .loop import Orchestrator
 from .providers.base import Provider, worker_environment
 from .providers.local import LocalProvider
 from .providers.runpod import RunpodProvider
 from .store.embedded import embedded_dsn
-from .store.migrate import apply_migrations
+from .store.migrate import apply_migrations, migration_files
 from .store.postgres import PostgresStore, uses_transaction_pooler
+from .store.supabase import SchemaMissing, SupabaseStore
+
+Store = PostgresStore | SupabaseStore
+
+_MIGRATE_ADVICE = (
+    "run `gpu-orchestrator migrate --print-sql` and apply its output in the Supabase SQL "
+    "editor (or `gpu-orchestrator migrate` with DATABASE_URL)"
+)
 
 
 async def resolve_dsn(settings: Settings) -> str:
@@ -39,6 +48,41 @@ async def migrate(dsn: str) -> list[str]:
         await conn.close()
 
 
+async def connect_store(settings: Settings, max_size: int = 1, *, migrated: bool = False) -> Store:
+    """The configured store, connected; `migrated`: a direct database is migrated
+    first. The REST store (which cannot migrate) checks the schema instead."""
+    if settings.store_kind == "supabase":
+        return await connect_rest_store(settings)
+    dsn = await resolve_dsn(settings)
+    if migrated:
+        await migrate(dsn)
+    return await PostgresStore.connect(dsn, max_size=max_size)
+
+
+async def connect_rest_store(settings: Settings) -> SupabaseStore:
+    """Supabase's Data API with the service role key. Raises `SettingsError` (exit 2)
+    when the database is not migrated: over REST it cannot be."""
+    url, key = settings.supabase_url, settings.supabase_service_role_key
+    if url is None or key is None:
+        raise SettingsError(
+            "SUPABASE_SERVICE_ROLE_KEY is unset: the orchestrator's REST store needs it "
+            "(SUPABASE_WORKER_KEY is for workers)"
+        )
+    store = await SupabaseStore.connect(url, key.get_secret_value())
+    try:
+        applied = set(await store.schema_version())
+    except SchemaMissing:
+        applied = set()
+    pending = [version for version, _ in migration_files() if version not in applied]
+    if pending:
+        await store.close()
+        raise SettingsError(
+            f"SUPABASE_URL={url}: the database lacks migrations {', '.join(pending)}: "
+            + _MIGRATE_ADVICE
+        )
+    return store
+
+
 def build_provider(settings: Settings) -> Provider:
     if settings.provider_name == "runpod":
         return RunpodProvider(settings)
@@ -48,8 +92,8 @@ def build_provider(settings: Settings) -> Provider:
 @dataclass
 class Runtime:
     settings: Settings
-    dsn: str
-    store: PostgresStore
+    dsn: str | None  # None on the REST store
+    store: Store
     provider: Provider
     orchestrator: Orchestrator
 
@@ -61,11 +105,16 @@ class Runtime:
 async def open_runtime(
     settings: Settings, *, dsn: str | None = None, provider: Provider | None = None
 ) -> Runtime:
-    """Connects, migrates and wires everything; the caller closes it."""
-    dsn = dsn or await resolve_dsn(settings)
+    """Connects, migrates (not over REST: checks) and wires everything; the caller
+    closes it."""
+    store: Store
+    if dsn is None and settings.store_kind == "supabase":
+        store = await connect_rest_store(settings)
+    else:
+        dsn = dsn or await resolve_dsn(settings)
+        await migrate(dsn)
+        store = await PostgresStore.connect(dsn, max_size=settings.action_concurrency + 2)
     provider = provider or build_provider(settings)
-    await migrate(dsn)
-    store = await PostgresStore.connect(dsn, max_size=settings.action_concurrency + 2)
     # The attempts limit lives in the database, so no worker can pass its own.
     await store.set_setting("max_task_attempts", settings.max_task_attempts)
     executor = Executor(

@@ -605,12 +605,8 @@ class FakeRunpod:
     async def serve(self, host: str = "127.0.0.1") -> AsyncIterator[str]:
         """Serve over real HTTP/1.1 on an ephemeral port in the running loop; yields
         the base URL (e.g. ``http://127.0.0.1:41234``)."""
-        server = _HttpServer(self)
-        url = await server.start(host)
-        try:
+        async with serve_asgi(self, host) as url:
             yield url
-        finally:
-            await server.stop()
 
     @contextlib.contextmanager
     def serve_in_thread(self, host: str = "127.0.0.1") -> Iterator[str]:
@@ -1195,10 +1191,24 @@ async def _call_asgi(
     return out["status"], out["headers"], out["body"]
 
 
+@contextlib.asynccontextmanager
+async def serve_asgi(
+    app: Callable[..., Awaitable[None]], host: str = "127.0.0.1"
+) -> AsyncIterator[str]:
+    """Serves any ASGI app over real HTTP/1.1 on an ephemeral port in the running
+    loop; yields the base URL (other fakes use it too)."""
+    server = _HttpServer(app)
+    url = await server.start(host)
+    try:
+        yield url
+    finally:
+        await server.stop()
+
+
 class _HttpServer:
     """A minimal HTTP/1.1 server (keep-alive, Content-Length or chunked bodies)."""
 
-    def __init__(self, app: FakeRunpod) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()

@@ -15,7 +15,12 @@ import pytest
 
 import gpu_orchestrator
 from gpu_orchestrator.models import Reason, WorkerStatus
-from gpu_orchestrator.store.migrate import _LOCK_ID, apply_migrations, migration_files
+from gpu_orchestrator.store.migrate import (
+    _LOCK_ID,
+    apply_migrations,
+    migration_files,
+    migration_script,
+)
 from gpu_orchestrator.store.postgres import PostgresStore
 
 ALL_VERSIONS = [version for version, _ in migration_files()]
@@ -274,3 +279,42 @@ async def test_the_snapshot_reads_legacy_worker_statuses_without_crashing(
     assert ("legacy-1" in seen) is in_snapshot
     if in_snapshot:
         assert seen["legacy-1"] == WorkerStatus.parse(legacy_status)
+
+
+async def _schema(dsn: str) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]], list[str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        columns = await conn.fetch(
+            """select table_name, column_name, data_type, is_nullable
+               from information_schema.columns where table_schema = 'public'
+               order by 1, 2"""
+        )
+        functions = await conn.fetch(
+            """select p.proname, pg_get_function_identity_arguments(p.oid), p.prosecdef::text,
+                      coalesce(array_to_string(p.proconfig, ','), '')
+               from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+               where n.nspname = 'public' order by 1, 2"""
+        )
+        versions = await conn.fetch("select version from orchestrator_migrations order by 1")
+    finally:
+        await conn.close()
+    return (
+        [tuple(r) for r in columns],
+        [tuple(r) for r in functions],
+        [r["version"] for r in versions],
+    )
+
+
+async def test_the_printed_script_builds_the_same_database_as_migrate_and_runs_twice(
+    dsn: str, empty_dsn: str
+) -> None:
+    """`migrate --print-sql` is what a Supabase user runs in the SQL editor: it must
+    build what `migrate` builds, and be safe to run again."""
+    script = migration_script()
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(script)
+        await conn.execute(script)
+    finally:
+        await conn.close()
+    assert await _schema(empty_dsn) == await _schema(dsn)

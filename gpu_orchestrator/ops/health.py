@@ -370,10 +370,9 @@ def render_text(report: HealthReport) -> str:
 async def read_report(settings: Settings, what_if: dict[str, str]) -> HealthReport:
     """Observes once (exact queue depth) and judges; raises `StoreError` when the
     state cannot be read. `settings` already carry the what-if overrides."""
-    from ..runtime import resolve_dsn
-    from ..store.postgres import PostgresStore
+    from ..runtime import connect_store
 
-    store = await PostgresStore.connect(await resolve_dsn(settings), max_size=1)
+    store = await connect_store(settings)
     try:
         snapshot = await store.observe(settings.policy().horizon_sec)
     finally:

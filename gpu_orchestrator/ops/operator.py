@@ -16,8 +16,7 @@ from ..errors import OrchestratorError
 from ..executor import ActionResult
 from ..loop import CycleReport
 from ..models import Action, ActionKind, Plan, Reason, WorkerStatus
-from ..runtime import open_runtime, resolve_dsn
-from ..store.postgres import PostgresStore
+from ..runtime import connect_store, open_runtime
 
 
 class OperatorError(OrchestratorError):
@@ -47,7 +46,7 @@ async def spawn(settings: Settings, count: int, actor: str, why: str) -> CycleRe
 
 async def drain(settings: Settings, worker_id: str, actor: str, why: str) -> None:
     """Refuses the worker new claims; the loop stops it once idle."""
-    store = await PostgresStore.connect(await resolve_dsn(settings), max_size=1)
+    store = await connect_store(settings)
     try:
         moved = await store.transition_worker(
             worker_id,
@@ -93,7 +92,7 @@ async def terminate(settings: Settings, worker_id: str, actor: str, why: str) ->
 
 async def listing(settings: Settings, what: str, **filters: Any) -> list[dict[str, Any]]:
     """`workers`, `tasks` or `logs`, newest first (logs oldest first)."""
-    store = await PostgresStore.connect(await resolve_dsn(settings), max_size=1)
+    store = await connect_store(settings)
     try:
         if what == "workers":
             return await store.list_workers(filters["limit"])

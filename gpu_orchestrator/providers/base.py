@@ -35,12 +35,17 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
-def worker_environment(settings: Settings, dsn: str, worker_id: str) -> dict[str, str]:
-    """The environment a pod's worker agent starts with. Secrets go here only."""
+def worker_environment(settings: Settings, dsn: str | None, worker_id: str) -> dict[str, str]:
+    """The environment a pod's worker agent starts with. Secrets go here only: the
+    database DSN, or on the REST path the worker key (never the service role key)."""
     env = dict(settings.runpod_worker_env)
+    if dsn is not None:
+        env["DATABASE_URL"] = dsn
+    elif settings.supabase_url is not None and settings.supabase_worker_key is not None:
+        env["SUPABASE_URL"] = settings.supabase_url
+        env["SUPABASE_WORKER_KEY"] = settings.supabase_worker_key.get_secret_value()
     env.update(
         WORKER_ID=worker_id,
-        DATABASE_URL=dsn,
         MAX_TASK_ATTEMPTS=str(settings.max_task_attempts),
         WORKER_TASK_TIMEOUT_SEC=f"{settings.worker_task_timeout_sec:g}",
         TASK_STUCK_TIMEOUT_SEC=f"{settings.task_stuck_timeout_sec:g}",

@@ -38,6 +38,38 @@ def migration_files() -> list[tuple[str, str]]:
     return files
 
 
+def migration_script() -> str:
+    """Every migration as one script for a SQL editor: each version applied only
+    where the ledger lacks it, then the grants, in one transaction. Running it on a
+    migrated database changes nothing but re-asserting the grants."""
+    parts = [
+        "-- gpu-orchestrator migrations: paste into the Supabase SQL editor (or a migration",
+        "-- file for `supabase db push`). Safe to run again.",
+        "begin;",
+        f"select pg_advisory_xact_lock({_LOCK_ID});",
+        _CREATE_LEDGER.strip() + ";",
+    ]
+    for version, sql in migration_files():
+        body = f"{sql}\ninsert into orchestrator_migrations (version) values ('{version}');"
+        parts += [
+            f"-- {version}",
+            "do $migration$ begin",
+            f"  if exists (select 1 from orchestrator_migrations where version = '{version}') then",
+            "    return;",
+            "  end if;",
+            f"  execute {_dollar_quote(body)};",
+            "end $migration$;",
+        ]
+    parts += ["-- grants, re-asserted on every migrate", grants_sql().strip(), "commit;"]
+    return "\n".join(parts)
+
+
+def _dollar_quote(text: str) -> str:
+    tag = "$body$"
+    assert tag not in text
+    return f"{tag}{text}{tag}"
+
+
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Applies the pending migrations; returns the versions it applied."""
     applied_now: list[str] = []

@@ -52,8 +52,11 @@ def check_settings(settings: Settings, need_database_url: bool = True) -> str:
     """The worker id; raises `SettingsError` naming the first missing variable."""
     if not settings.worker_id:
         raise SettingsError("WORKER_ID is not set: the worker agent needs its worker id")
-    if need_database_url and settings.database_url is None:
-        raise SettingsError("DATABASE_URL is not set: the worker agent needs the state store")
+    if need_database_url and settings.store_kind == "embedded":
+        raise SettingsError(
+            "DATABASE_URL is not set (nor SUPABASE_URL with SUPABASE_WORKER_KEY): the worker "
+            "agent needs the state store"
+        )
     return settings.worker_id
 
 
@@ -151,20 +154,29 @@ class WorkerAgent:
                 relay.cancel()
 
     async def _connect(self) -> WorkerStore | None:
-        from ..store.postgres import PostgresStore  # asyncpg only when really connecting
-
-        dsn = self._settings.database_url
-        if dsn is None:
-            raise SettingsError("DATABASE_URL is not set: the worker agent needs the state store")
+        check_settings(self._settings)
         for attempt in range(1, _CONNECT_ATTEMPTS + 1):
             try:
-                return await PostgresStore.connect(dsn.get_secret_value(), max_size=2)
+                return await self._open_store()
             except StoreError as exc:
                 log.warning("connect_db_failed", attempt=attempt, error=str(exc))
             if attempt < _CONNECT_ATTEMPTS and await self._stopped_within(min(2.0**attempt, 30)):
                 return None
         log.error("connect_db_gave_up", attempts=_CONNECT_ATTEMPTS)
         return None
+
+    async def _open_store(self) -> WorkerStore:
+        """DATABASE_URL, else the REST path with the worker key (SUPABASE_WORKER_KEY)."""
+        settings = self._settings
+        if settings.database_url is not None:
+            from ..store.postgres import PostgresStore  # asyncpg only when really connecting
+
+            return await PostgresStore.connect(settings.database_url.get_secret_value(), 2)
+        from ..store.supabase import SupabaseStore
+
+        key = settings.supabase_worker_key or settings.supabase_service_role_key
+        assert settings.supabase_url is not None and key is not None  # check_settings
+        return await SupabaseStore.connect(settings.supabase_url, key.get_secret_value())
 
     async def _run_with(self, store: WorkerStore) -> int:
         self._store = store

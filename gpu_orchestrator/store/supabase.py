@@ -1,0 +1,379 @@
+"""The state store over Supabase's Data API (PostgREST), on the async supabase-py
+client: each operation is **one** `rpc()` of the same SQL function the asyncpg
+store calls (`postgres.py`), so both stores have the same semantics and no rule
+lives in Python.
+
+- Explicit timeouts; reads and idempotent calls are retried on transport errors
+  and 5xx, writes never (a write whose answer was lost is judged again next cycle
+  from what the database says).
+- `APIError` codes become the store's errors: `GOL01` → `LeaseLost`; an unknown
+  function (`PGRST202`, `42883`) → `SchemaMissing` ("run `gpu-orchestrator
+  migrate`"); `42501` → the key lacks the rights; anything else → `StoreError`.
+- The snapshot is one `json` value: PostgREST's 1,000-row cap never applies.
+- Migrations cannot run over REST: `schema_version()` lets a caller check the
+  database is migrated (see `gpu-orchestrator migrate --print-sql`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from postgrest.exceptions import APIError
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
+
+from ..errors import LeaseLost, StoreError
+from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
+from .base import Fence, Lease, ReleasedTasks
+from .snapshot import parse_snapshot
+
+_READ_TRIES = 3
+_LEASE_LOST = "GOL01"
+_NO_FUNCTION = ("PGRST202", "42883")
+
+
+class SchemaMissing(StoreError):
+    """The database lacks our functions, or an older version of them: it was not
+    migrated (over REST it cannot be: see `gpu-orchestrator migrate --print-sql`)."""
+
+
+def _lease(fence: Fence | None) -> dict[str, Any]:
+    if fence is None:
+        return {"lease_name_param": None, "lease_epoch_param": None}
+    return {"lease_name_param": fence.name, "lease_epoch_param": fence.epoch}
+
+
+def _translate(operation: str, exc: APIError) -> StoreError:
+    code = exc.code or ""
+    if code == _LEASE_LOST:
+        return LeaseLost(f"{operation}: {exc.message}")
+    if code in _NO_FUNCTION:
+        return SchemaMissing(
+            f"{operation}: this database has no gpu-orchestrator schema (or an older one): "
+            "run `gpu-orchestrator migrate --print-sql` and apply it in the Supabase SQL "
+            "editor, or `gpu-orchestrator migrate` with DATABASE_URL"
+        )
+    if code == "42501":
+        return StoreError(
+            f"{operation}: permission denied: the orchestrator needs the service role key "
+            "(SUPABASE_SERVICE_ROLE_KEY), never the anon key"
+        )
+    return StoreError(f"{operation} failed: {code} {exc.message}".rstrip())
+
+
+class SupabaseStore:
+    """Implements `OrchestratorStore` and `WorkerStore` (see `base`) over `rpc()`."""
+
+    def __init__(self, client: AsyncClient, *, retry_delay: float = 0.5) -> None:
+        self._client = client
+        self._retry_delay = retry_delay
+
+    @classmethod
+    async def connect(cls, url: str, key: str, timeout: float = 10.0) -> SupabaseStore:
+        options = AsyncClientOptions(
+            httpx_client=httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0)),
+            postgrest_client_retry=False,  # ours: reads only
+            auto_refresh_token=False,
+            persist_session=False,
+        )
+        try:
+            client = await acreate_client(url, key, options=options)
+        except Exception as exc:  # supabase-py raises its own bare exceptions for bad input
+            raise StoreError(f"connect to {url} failed: {type(exc).__name__}: {exc}") from exc
+        return cls(client)
+
+    async def _rpc(
+        self, operation: str, fn: str, params: Mapping[str, Any], *, read: bool = False
+    ) -> Any:
+        tries = _READ_TRIES if read else 1
+        for attempt in range(1, tries + 1):
+            try:
+                return (await self._client.rpc(fn, dict(params)).execute()).data
+            except APIError as exc:
+                if read and attempt < tries and (exc.code or "").startswith(("08", "PGRST0")):
+                    await asyncio.sleep(self._retry_delay * attempt)
+                    continue
+                raise _translate(operation, exc) from exc
+            except httpx.HTTPError as exc:
+                if attempt < tries:
+                    await asyncio.sleep(self._retry_delay * attempt)
+                    continue
+                raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        await self._client.postgrest.aclose()
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self.schema_version()
+
+    async def schema_version(self) -> list[str]:
+        """The migration versions applied to the database."""
+        return list(await self._rpc("schema_version", "orch_schema_version", {}, read=True))
+
+    # orchestrator ---------------------------------------------------------
+
+    async def observe(self, horizon_sec: float = 1800.0, queue_cap: int | None = None) -> Snapshot:
+        doc = await self._rpc(
+            "observe",
+            "orch_snapshot",
+            {"horizon_sec_param": horizon_sec, "queue_cap_param": queue_cap},
+            read=True,
+        )
+        return parse_snapshot(doc, horizon_sec, queue_cap)
+
+    async def create_worker(
+        self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
+    ) -> None:
+        await self._rpc(
+            "create_worker",
+            "orch_create_worker",
+            {
+                **_lease(fence),
+                "worker_id_param": worker_id,
+                "provider_param": provider,
+                "detail_param": dict(detail),
+            },
+        )
+
+    async def record_pod(
+        self,
+        worker_id: str,
+        pod_id: str,
+        cost_per_hr: float | None,
+        *,
+        fence: Fence | None,
+        adopted: bool = False,
+    ) -> bool:
+        return bool(
+            await self._rpc(
+                "record_pod",
+                "orch_record_pod",
+                {
+                    **_lease(fence),
+                    "worker_id_param": worker_id,
+                    "pod_id_param": pod_id,
+                    "cost_per_hr_param": cost_per_hr,
+                    "adopted_param": adopted,
+                },
+            )
+        )
+
+    async def record_pod_sightings(
+        self, missing: Sequence[str], seen: Sequence[str], *, fence: Fence | None
+    ) -> None:
+        await self._rpc(
+            "record_pod_sightings",
+            "orch_record_pod_sightings",
+            {**_lease(fence), "missing_param": list(missing), "seen_param": list(seen)},
+        )
+
+    async def transition_worker(
+        self,
+        worker_id: str,
+        to: WorkerStatus,
+        reason: Reason,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        fence: Fence | None,
+        expect: Expected | None = None,
+        released: bool = False,
+    ) -> bool:
+        sources = sources_of(to) if expect is None else (expect.status.value,)
+        heartbeat = None if expect is None or expect.heartbeat is None else expect.heartbeat
+        return bool(
+            await self._rpc(
+                "transition_worker",
+                "orch_transition_worker",
+                {
+                    **_lease(fence),
+                    "worker_id_param": worker_id,
+                    "from_param": list(sources),
+                    "to_param": to.value,
+                    "reason_param": reason.value,
+                    "detail_param": dict(detail or {}),
+                    "released_param": released,
+                    "check_heartbeat_param": expect is not None and expect.heartbeat_judged,
+                    "heartbeat_seen_param": None if heartbeat is None else heartbeat.isoformat(),
+                    "require_idle_param": expect is not None and expect.idle,
+                },
+            )
+        )
+
+    async def mark_released(self, worker_id: str, *, fence: Fence | None) -> None:
+        await self._rpc(
+            "mark_released", "orch_mark_released", {**_lease(fence), "worker_id_param": worker_id}
+        )
+
+    async def release_tasks(
+        self,
+        worker_id: str | None,
+        task_id: str | None,
+        max_attempts: int,
+        error: str,
+        *,
+        fence: Fence | None,
+        holder_died: bool = False,
+    ) -> ReleasedTasks:
+        out = await self._rpc(
+            "release_tasks",
+            "orch_release_tasks",
+            {
+                **_lease(fence),
+                "worker_id_param": worker_id,
+                "task_id_param": task_id,
+                "max_attempts_param": max_attempts,
+                "error_message_param": error,
+                "holder_died_param": holder_died,
+            },
+        )
+        return ReleasedTasks(
+            requeued=tuple(map(str, out["requeued"])),
+            failed=tuple(map(str, out["failed"])),
+            quarantined=tuple(map(str, out["quarantined"])),
+        )
+
+    async def record_event(
+        self,
+        kind: str,
+        actor: str,
+        reason: str,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        fence: Fence | None,
+    ) -> None:
+        await self._rpc(
+            "record_event",
+            "orch_record_event",
+            {
+                **_lease(fence),
+                "kind_param": kind,
+                "actor_param": actor,
+                "reason_param": reason,
+                "detail_param": dict(detail or {}),
+            },
+        )
+
+    async def set_setting(self, name: str, value: Any) -> None:
+        await self._rpc(
+            "set_setting", "orch_set_setting", {"name_param": name, "value_param": value}
+        )
+
+    async def maintenance(self, log_retention_sec: float, *, fence: Fence | None) -> dict[str, int]:
+        out = await self._rpc(
+            "maintenance",
+            "orch_maintenance",
+            {**_lease(fence), "log_retention_param": f"{log_retention_sec:g} seconds"},
+        )
+        return {k: int(v) for k, v in out.items()}
+
+    async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease:
+        out = await self._rpc(
+            "acquire_lease",
+            "orch_acquire_lease",
+            {"name_param": name, "holder_param": holder, "ttl_sec_param": ttl_sec},
+        )
+        contact = out["last_contact"]
+        return Lease(
+            leader=bool(out["leader"]),
+            holder=str(out["holder"]),
+            epoch=int(out["epoch"]),
+            expires_at=datetime.fromisoformat(out["expires_at"]),
+            ttl_sec=float(out["ttl_sec"]),
+            last_contact=None if contact is None else datetime.fromtimestamp(contact, UTC),
+        )
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._rpc(
+            "release_lease", "orch_release_lease", {"name_param": name, "holder_param": holder}
+        )
+
+    async def enqueue_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> int:
+        return int(
+            await self._rpc(
+                "enqueue_tasks", "orch_enqueue_tasks", {"tasks_param": [dict(t) for t in tasks]}
+            )
+        )
+
+    async def task_counts(self) -> dict[str, int]:
+        return dict(await self._rpc("task_counts", "orch_task_counts", {}, read=True))
+
+    async def list_logs(
+        self, worker_id: str | None, task_id: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        params = {"worker_id_param": worker_id, "task_id_param": task_id, "limit_param": limit}
+        return list(await self._rpc("list_logs", "orch_logs", params, read=True))
+
+    async def list_workers(self, limit: int) -> list[dict[str, Any]]:
+        return list(
+            await self._rpc("list_workers", "orch_workers", {"limit_param": limit}, read=True)
+        )
+
+    async def list_tasks(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        params = {"status_param": status, "limit_param": limit}
+        return list(await self._rpc("list_tasks", "orch_tasks", params, read=True))
+
+    # worker agent ---------------------------------------------------------
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        logs: Sequence[Mapping[str, Any]],
+        current_task_id: str | None,
+        status: str = "active",
+    ) -> dict[str, Any]:
+        out = await self._rpc(
+            "heartbeat",
+            "func_worker_heartbeat_with_logs",
+            {
+                "worker_id_param": worker_id,
+                "logs_param": [dict(line) for line in logs],
+                "current_task_id_param": current_task_id,
+                "status_param": status,
+            },
+        )
+        return dict(out)
+
+    async def claim_task(self, worker_id: str) -> dict[str, Any] | None:
+        rows = await self._rpc(
+            "claim_task", "func_claim_available_task", {"worker_id_param": worker_id}
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return {k: row[k] for k in ("id", "task_type", "params", "attempts")}
+
+    async def complete_task(self, task_id: str, worker_id: str, result: Mapping[str, Any]) -> bool:
+        out = await self._rpc(
+            "complete_task",
+            "func_mark_task_complete",
+            {
+                "task_id_param": task_id,
+                "result_data_param": dict(result),
+                "worker_id_param": worker_id,
+            },
+        )
+        return bool(out["success"])
+
+    async def fail_task(self, task_id: str, worker_id: str, error: str, max_attempts: int) -> bool:
+        out = await self._rpc(
+            "fail_task",
+            "func_mark_task_failed",
+            {
+                "task_id_param": task_id,
+                "error_message_param": error,
+                "worker_id_param": worker_id,
+                "max_attempts_param": max_attempts,
+            },
+        )
+        return bool(out["success"])
+
+    async def tasks_held(self, worker_id: str) -> list[str]:
+        held = await self._rpc(
+            "tasks_held", "func_tasks_held_by", {"worker_id_param": worker_id}, read=True
+        )
+        return [str(task_id) for task_id in held]
