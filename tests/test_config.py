@@ -146,3 +146,18 @@ def test_load_settings_raises_settings_error_not_validation_error():
 )
 def test_redact_dsn_hides_only_the_password(dsn, shown):
     assert redact_dsn(dsn) == shown
+
+
+def test_config_says_which_store_is_in_use_and_hides_the_supabase_keys():
+    result = run_cli(
+        "config",
+        SUPABASE_URL="https://abc.supabase.co",
+        SUPABASE_SERVICE_ROLE_KEY="sb_secret_MARKER_1",
+        SUPABASE_WORKER_KEY="sb_worker_MARKER_2",
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["store"], shown["provider"]) == ("supabase", "local")
+    assert "MARKER" not in result.stdout
+    half = run_cli("config", SUPABASE_URL="https://abc.supabase.co")
+    assert half.returncode == 2 and "SUPABASE_SERVICE_ROLE_KEY" in half.stderr

@@ -294,7 +294,13 @@ def _secrets(settings: Settings) -> tuple[str, ...]:
     """Secret values that must never appear in a response: whole DSNs and keys, and
     the passwords inside DSNs (longest first, so a DSN is masked whole)."""
     found: set[str] = set()
-    for secret in (settings.database_url, settings.worker_database_url, settings.runpod_api_key):
+    for secret in (
+        settings.database_url,
+        settings.worker_database_url,
+        settings.runpod_api_key,
+        settings.supabase_service_role_key,
+        settings.supabase_worker_key,
+    ):
         if secret is None:
             continue
         raw = secret.get_secret_value()
