@@ -4,6 +4,9 @@ the store contract run against both stores: same calls, same semantics."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -224,3 +227,30 @@ async def test_the_demo_runs_on_the_rest_store_with_workers_on_the_worker_key(
         await runtime.aclose()
     roles = {role for role, _ in api.calls}
     assert roles == {"service_role", "gpu_worker"}
+
+
+async def test_commands_on_an_unmigrated_rest_database_exit_2_with_the_advice(
+    empty_dsn: str, tmp_path: Path
+) -> None:
+    async for url, _ in _serve(empty_dsn):
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+            "SUPABASE_URL": url,
+            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
+            "ORCHESTRATOR_DATA_DIR": str(tmp_path),
+            "ORCHESTRATOR_PROVIDER": "local",
+        }
+        for args in (["once"], ["migrate"]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gpu_orchestrator",
+                *args,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 2, (args, err.decode())
+            assert "migrate --print-sql" in err.decode()
+            assert SERVICE_KEY not in err.decode()
