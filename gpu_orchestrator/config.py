@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -166,6 +167,22 @@ class Settings(BaseSettings):
                 elif key.lower() in ("runpod_gpu_types", "runpod_data_center_ids", "runpod_ports"):
                     data[key] = tuple(filter(None, (part.strip() for part in value.split(","))))
         return data
+
+    @model_validator(mode="after")
+    def _check_dsns(self) -> Settings:
+        for name, dsn in (
+            ("DATABASE_URL", self.database_url),
+            ("WORKER_DATABASE_URL", self.worker_database_url),
+        ):
+            if dsn is not None:
+                problem = dsn_problem(dsn.get_secret_value())
+                if problem is not None:
+                    shown = redact_dsn(dsn.get_secret_value())
+                    raise ValueError(
+                        f"{name}={shown}: {problem} "
+                        "(expected postgresql://user:password@host:port/database)"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
@@ -356,6 +373,22 @@ def _parse_pairs(raw: str) -> dict[str, str]:
             raise ValueError(f"RUNPOD_WORKER_ENV={raw!r}: expected KEY=VALUE[,KEY=VALUE...]")
         pairs[key.strip()] = value
     return pairs
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """What is wrong with a PostgreSQL URL, or None when it can be used."""
+    try:
+        parsed = urlparse(dsn)
+        port = parsed.port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parsed.scheme not in ("postgres", "postgresql"):
+        return f"the scheme must be postgresql://, not {parsed.scheme or 'missing'}"
+    if not parsed.hostname and "host=" not in parsed.query:
+        return "no host"
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} is out of range"
+    return None
 
 
 def redact_dsn(dsn: str) -> str:

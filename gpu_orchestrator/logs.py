@@ -10,16 +10,24 @@ import sys
 import structlog
 
 
+def _message_for_platforms(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    event.setdefault("message", event.get("event"))
+    return event
+
+
 def configure_logging(fmt: str | None, level: str = "INFO") -> None:
     """`fmt` None picks console on a TTY and JSON elsewhere (Railway, CI, pods)."""
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
-    # JSON lines carry the event name as `message`, the key log platforms (Railway)
-    # read as the line's text; `level` is already there.
+    # JSON lines keep the event name in `event` and the human explanation in
+    # `message`, the key log platforms (Railway) show as the line's text; a line
+    # with no explanation shows its event name there. `level` is already there.
     tail: list[structlog.typing.Processor] = (
         [structlog.dev.ConsoleRenderer()]
         if fmt == "console"
-        else [structlog.processors.EventRenamer("message"), structlog.processors.JSONRenderer()]
+        else [_message_for_platforms, structlog.processors.JSONRenderer()]
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -161,3 +161,19 @@ def test_config_says_which_store_is_in_use_and_hides_the_supabase_keys():
     assert "MARKER" not in result.stdout
     half = run_cli("config", SUPABASE_URL="https://abc.supabase.co")
     assert half.returncode == 2 and "SUPABASE_SERVICE_ROLE_KEY" in half.stderr
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    ["not-a-url", "postgresql://postgres:s3cr3t@127.0.0.1:abc/x", "mysql://u@h/d"],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["run"], ["migrate"], ["once"], ["enqueue"], ["spawn", "--reason", "x"], ["status"]],
+)
+def test_a_malformed_database_url_is_one_line_and_exit_2_from_every_command(dsn, command):
+    result = run_cli(*command, DATABASE_URL=dsn)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-orchestrator: DATABASE_URL="), lines
+    assert "s3cr3t" not in result.stderr and "Traceback" not in result.stderr

@@ -32,3 +32,23 @@ def test_library_log_lines_are_json_too_tracebacks_included() -> None:
     ours, theirs = lines
     assert ours["worker_id"] == "w1" and ours["level"] == "warning"
     assert theirs["level"] == "error" and "ConnectionResetError" in theirs["exception"]
+
+
+WORDS = """
+import structlog
+from gpu_orchestrator.logs import configure_logging
+configure_logging("json")
+log = structlog.get_logger()
+log.warning("breaker_opened", message="4/4 workers failed in the last 2 min (> 80%)")
+log.info("cycle", outcome="ok")
+"""
+
+
+def test_json_lines_keep_the_event_name_and_the_human_words_apart() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WORDS], capture_output=True, text=True, timeout=60, check=True
+    )
+    opened, cycle = (json.loads(line) for line in done.stderr.splitlines())
+    assert opened["event"] == "breaker_opened"
+    assert opened["message"] == "4/4 workers failed in the last 2 min (> 80%)"
+    assert (cycle["event"], cycle["message"]) == ("cycle", "cycle")  # nothing to explain
