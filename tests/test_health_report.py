@@ -179,3 +179,22 @@ async def test_watch_repeats_until_interrupted_and_exits_with_the_last_verdict(d
     proc.send_signal(signal.SIGINT)
     await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 2
+
+
+async def test_the_script_runs_with_a_plain_system_python_as_the_runbook_says(dsn):
+    """`python scripts/check_system_health.py` outside the venv, as README and
+    docs/deploy.md tell operators: it finds the project's .venv by itself."""
+    await seed_situation(dsn, healthy_after_failures=False)
+    system_python = getattr(sys, "_base_executable", sys.executable)
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "DATABASE_URL": dsn}
+    proc = await asyncio.create_subprocess_exec(
+        system_python,
+        str(SCRIPT),
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err.decode()
+    assert json.loads(out)["verdict"] == "blocked"
