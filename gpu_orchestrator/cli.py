@@ -193,7 +193,7 @@ def enqueue(
     async def main() -> int:
         from .runtime import connect_store
 
-        store = await connect_store(settings, migrated=True)
+        store = await connect_store(settings)  # never migrates silently
         try:
             return await store.enqueue_tasks([{"task_type": task_type, "params": parsed}] * count)
         finally:
@@ -437,7 +437,7 @@ def _record_lever(kind: str, reason: str, actor: str | None) -> None:
     async def record() -> None:
         from .runtime import connect_store
 
-        store = await connect_store(settings, migrated=True)
+        store = await connect_store(settings)  # never migrates silently
         try:
             await store.record_event(kind, _who(actor), reason.strip(), fence=None)
         finally:
@@ -497,5 +497,5 @@ def main() -> None:
         print(f"gpu-orchestrator: {exc}", file=sys.stderr)
         sys.exit(2)
     except OrchestratorError as exc:
-        print(f"gpu-orchestrator: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"gpu-orchestrator: {exc}", file=sys.stderr)
         sys.exit(1)

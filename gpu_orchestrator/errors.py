@@ -25,6 +25,11 @@ class LeaseLost(StoreError):
     stops at once and touches no pod."""
 
 
+class SchemaMissing(StoreError):
+    """The database lacks our functions, or an older version of them: it was not
+    migrated (`gpu-orchestrator migrate`; over REST, `migrate --print-sql`)."""
+
+
 class ProviderError(OrchestratorError):
     """The GPU provider refused or failed a request."""
 

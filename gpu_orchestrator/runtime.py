@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from .config import Settings
-from .errors import SettingsError, StoreError
+from .errors import SchemaMissing, SettingsError, StoreError
 from .executor import Executor
 from .loop import Orchestrator
 from .providers.base import Provider, worker_environment
@@ -18,7 +18,7 @@ from .providers.runpod import RunpodProvider
 from .store.embedded import embedded_dsn
 from .store.migrate import apply_migrations, migration_files
 from .store.postgres import PostgresStore, uses_transaction_pooler
-from .store.supabase import SchemaMissing, SupabaseStore
+from .store.supabase import SupabaseStore
 
 Store = PostgresStore | SupabaseStore
 
@@ -48,15 +48,12 @@ async def migrate(dsn: str) -> list[str]:
         await conn.close()
 
 
-async def connect_store(settings: Settings, max_size: int = 1, *, migrated: bool = False) -> Store:
-    """The configured store, connected; `migrated`: a direct database is migrated
-    first. The REST store (which cannot migrate) checks the schema instead."""
+async def connect_store(settings: Settings, max_size: int = 1) -> Store:
+    """The configured store, connected, never migrated (a command that changes
+    things must not migrate silently); the REST store checks the schema."""
     if settings.store_kind == "supabase":
         return await connect_rest_store(settings)
-    dsn = await resolve_dsn(settings)
-    if migrated:
-        await migrate(dsn)
-    return await PostgresStore.connect(dsn, max_size=max_size)
+    return await PostgresStore.connect(await resolve_dsn(settings), max_size=max_size)
 
 
 async def connect_rest_store(settings: Settings) -> SupabaseStore:
@@ -103,16 +100,21 @@ class Runtime:
 
 
 async def open_runtime(
-    settings: Settings, *, dsn: str | None = None, provider: Provider | None = None
+    settings: Settings,
+    *,
+    dsn: str | None = None,
+    provider: Provider | None = None,
+    migrated: bool = True,
 ) -> Runtime:
-    """Connects, migrates (not over REST: checks) and wires everything; the caller
-    closes it."""
+    """Connects, migrates (`migrated`; never over REST, which is checked instead)
+    and wires everything; the caller closes it."""
     store: Store
     if dsn is None and settings.store_kind == "supabase":
         store = await connect_rest_store(settings)
     else:
         dsn = dsn or await resolve_dsn(settings)
-        await migrate(dsn)
+        if migrated:
+            await migrate(dsn)
         store = await PostgresStore.connect(dsn, max_size=settings.action_concurrency + 2)
     provider = provider or build_provider(settings)
     # The attempts limit lives in the database, so no worker can pass its own.

@@ -229,3 +229,24 @@ async def test_demo_drains_its_queue_and_scales_down(tmp_path):
     out, err = await asyncio.wait_for(proc.communicate(), 150)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert "8 of 8 tasks complete" in out.decode()
+
+
+async def test_an_unmigrated_database_is_explained_and_never_migrated_silently(
+    empty_dsn, tmp_path
+):
+    cli = Cli(empty_dsn, tmp_path)
+    advice = "no gpu-orchestrator schema (or an older one): run `gpu-orchestrator migrate`"
+    for args in (["workers"], ["tasks"], ["logs"]):
+        code, _, err = await cli(*args)
+        assert code == 1 and advice in err and "Traceback" not in err, (args, err)
+    code, out, _ = await cli("status")
+    assert code == 3 and advice in out
+    for args in (
+        ["enqueue"],
+        ["spawn", "--reason", "x"],
+        ["breaker", "reset", "--reason", "x"],
+    ):
+        code, _, err = await cli(*args)
+        assert code == 1 and advice in err, (args, err)
+    tables = await cli.fetch("select count(*) from pg_tables where schemaname = 'public'")
+    assert tables[0][0] == 0  # nothing was migrated behind the operator's back

@@ -18,13 +18,13 @@ from fake_postgrest import ANON_KEY, SERVICE_KEY, WORKER_KEY, FakePostgrest
 from fake_runpod import serve_asgi
 
 from gpu_orchestrator.config import load_settings
-from gpu_orchestrator.errors import LeaseLost, SettingsError, StoreError
+from gpu_orchestrator.errors import LeaseLost, SchemaMissing, SettingsError, StoreError
 from gpu_orchestrator.loop import LEASE_NAME
 from gpu_orchestrator.models import Expected, Reason, WorkerStatus
 from gpu_orchestrator.runtime import connect_rest_store, open_runtime
 from gpu_orchestrator.store.base import Fence
 from gpu_orchestrator.store.postgres import PostgresStore
-from gpu_orchestrator.store.supabase import SchemaMissing, SupabaseStore
+from gpu_orchestrator.store.supabase import SupabaseStore
 
 
 async def _serve(dsn: str) -> AsyncIterator[tuple[str, FakePostgrest]]:

@@ -32,7 +32,7 @@ async def spawn(settings: Settings, count: int, actor: str, why: str) -> CycleRe
     and the leader launches them in its next cycle, within `MAX_ACTIVE_GPUS` and
     never with the kill switch on or during a billing hold. With no other leader,
     this command leads that one cycle itself; its report says which happened."""
-    runtime = await open_runtime(settings)
+    runtime = await open_runtime(settings, migrated=False)
     try:
         await runtime.store.record_event(
             "spawn_requested", actor, why, {"count": count}, fence=None
@@ -64,7 +64,7 @@ async def drain(settings: Settings, worker_id: str, actor: str, why: str) -> Non
 
 async def terminate(settings: Settings, worker_id: str, actor: str, why: str) -> ActionResult:
     """Stops the worker now: its tasks are requeued, its pod terminated."""
-    runtime = await open_runtime(settings)
+    runtime = await open_runtime(settings, migrated=False)
     try:
         snapshot = await runtime.store.observe(settings.policy().horizon_sec)
         worker = next((w for w in snapshot.workers if w.id == worker_id), None)

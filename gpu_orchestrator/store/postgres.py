@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import asyncpg
 import orjson
 
-from ..errors import LeaseLost, StoreError
+from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
 from .base import Fence, Lease, ReleasedTasks
 from .snapshot import parse_snapshot
@@ -36,6 +36,11 @@ async def _translated(operation: str) -> AsyncIterator[None]:
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == LEASE_LOST_SQLSTATE:
             raise LeaseLost(f"{operation}: {exc}") from exc
+        if exc.sqlstate == "42883":  # undefined function: not migrated, or too old
+            raise SchemaMissing(
+                f"{operation}: this database has no gpu-orchestrator schema (or an older "
+                "one): run `gpu-orchestrator migrate`"
+            ) from exc
         raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc

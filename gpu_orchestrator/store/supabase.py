@@ -25,7 +25,7 @@ import httpx
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from ..errors import LeaseLost, StoreError
+from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
 from .base import Fence, Lease, ReleasedTasks
 from .snapshot import parse_snapshot
@@ -33,11 +33,6 @@ from .snapshot import parse_snapshot
 _READ_TRIES = 3
 _LEASE_LOST = "GOL01"
 _NO_FUNCTION = ("PGRST202", "42883")
-
-
-class SchemaMissing(StoreError):
-    """The database lacks our functions, or an older version of them: it was not
-    migrated (over REST it cannot be: see `gpu-orchestrator migrate --print-sql`)."""
 
 
 def _lease(fence: Fence | None) -> dict[str, Any]:
