@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # state store
     database_url: SecretStr | None = None
     orchestrator_data_dir: Path = Field(default_factory=_default_data_dir)
+    # leave the embedded Postgres this process started running when it exits
+    embedded_postgres_keep: bool = False
     # the REST store (Supabase's Data API), used when DATABASE_URL is unset
     supabase_url: str | None = None
     supabase_service_role_key: SecretStr | None = None

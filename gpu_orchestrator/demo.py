@@ -96,8 +96,8 @@ def demo_tasks(count: int, seed: int = 7) -> list[dict[str, Any]]:
     ]
 
 
-async def _fresh_database(data_dir: Path) -> str:
-    dsn = await embedded_dsn(data_dir, database="postgres")
+async def _fresh_database(data_dir: Path, keep: bool) -> str:
+    dsn = await embedded_dsn(data_dir, database="postgres", keep=keep)
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f'drop database if exists "{DEMO_DATABASE}" with (force)')
@@ -126,7 +126,7 @@ async def run_demo(
     provider = LocalProvider(cfg.orchestrator_data_dir, cfg.local_worker_command)
     fault = _Fault(fault_file(cfg), armed=scenario is Scenario.BOOT_FAILURES)
     await _terminate_all(provider)  # a demo interrupted earlier may have left pods
-    dsn = await _fresh_database(root)
+    dsn = await _fresh_database(root, settings.embedded_postgres_keep)
     runtime = await open_runtime(cfg, dsn=dsn, provider=provider)
     stop = stop_on_signals()
     console = Console(stderr=False)

@@ -32,7 +32,7 @@ async def resolve_dsn(settings: Settings) -> str:
     """`DATABASE_URL`, or the embedded Postgres under `ORCHESTRATOR_DATA_DIR`."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    return await embedded_dsn(settings.orchestrator_data_dir)
+    return await embedded_dsn(settings.orchestrator_data_dir, keep=settings.embedded_postgres_keep)
 
 
 async def migrate(dsn: str) -> list[str]:

@@ -231,9 +231,7 @@ async def test_demo_drains_its_queue_and_scales_down(tmp_path):
     assert "8 of 8 tasks complete" in out.decode()
 
 
-async def test_an_unmigrated_database_is_explained_and_never_migrated_silently(
-    empty_dsn, tmp_path
-):
+async def test_an_unmigrated_database_is_explained_and_never_migrated_silently(empty_dsn, tmp_path):
     cli = Cli(empty_dsn, tmp_path)
     advice = "no gpu-orchestrator schema (or an older one): run `gpu-orchestrator migrate`"
     for args in (["workers"], ["tasks"], ["logs"]):
@@ -250,3 +248,48 @@ async def test_an_unmigrated_database_is_explained_and_never_migrated_silently(
         assert code == 1 and advice in err, (args, err)
     tables = await cli.fetch("select count(*) from pg_tables where schemaname = 'public'")
     assert tables[0][0] == 0  # nothing was migrated behind the operator's back
+
+
+def _postgres_serving(data_dir: Path) -> list[int]:
+    """Pids of postgres servers whose data directory is under `data_dir`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"/postgres") and str(data_dir).encode() in b" ".join(args):
+            found.append(int(proc.name))
+    return found
+
+
+async def test_the_embedded_postgres_we_start_is_stopped_when_we_exit_unless_kept(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    for keep, data in (("false", tmp_path / "a"), ("true", tmp_path / "b")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gpu_orchestrator",
+            "once",
+            env={
+                **env,
+                "ORCHESTRATOR_DATA_DIR": str(data),
+                "ORCHESTRATOR_PROVIDER": "local",
+                "EMBEDDED_POSTGRES_KEEP": keep,
+                "LOG_FORMAT": "json",
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+    try:
+        assert _postgres_serving(tmp_path / "a") == []
+        assert _postgres_serving(tmp_path / "b") != []  # asked to keep it
+    finally:
+        import pgserver
+
+        pgserver.get_server(tmp_path / "b" / "pg", cleanup_mode="stop").cleanup()
+    assert _postgres_serving(tmp_path / "b") == []
