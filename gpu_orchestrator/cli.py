@@ -296,13 +296,35 @@ def status(
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: tuple[str, ...]) -> None:
+    """JSON, or an aligned table under a header; a missing value is an empty cell."""
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    for row in rows:
-        typer.echo("  ".join(f"{row.get(c)}" for c in columns))
     if not rows:
         typer.echo("(none)")
+        return
+    cells = [[("" if row.get(c) is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[n]) for line in cells)) for n, c in enumerate(columns)]
+    for line in [list(columns), *cells]:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+# The task statuses of the queue (DESIGN §3), in their stored spelling.
+TASK_STATUSES = ("Queued", "In Progress", "Complete", "Failed", "Cancelled")
+
+
+def _task_status(given: str | None) -> str | None:
+    """`given` in its stored spelling, whatever its case; exit 2 naming the accepted
+    values when it is none of them."""
+    if given is None:
+        return None
+    for status in TASK_STATUSES:
+        if status.lower() == given.strip().lower():
+            return status
+    raise typer.BadParameter(
+        f"{given!r} is not a task status; accepted: {', '.join(TASK_STATUSES)}",
+        param_hint="--status",
+    )
 
 
 @app.command("spawn")
@@ -383,15 +405,18 @@ def workers(
 
 @app.command()
 def tasks(
-    status: str | None = typer.Option(None, help="Only this status, e.g. Queued."),
+    status: str | None = typer.Option(
+        None, help="Only this status (any case): Queued, In Progress, Complete, Failed, Cancelled."
+    ),
     limit: int = typer.Option(50, min=1, max=10_000, help="How many, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List tasks, newest first."""
+    wanted = _task_status(status)
     settings = _settings()
     from .ops.operator import listing
 
-    rows = _run(listing(settings, "tasks", status=status, limit=limit))
+    rows = _run(listing(settings, "tasks", status=wanted, limit=limit))
     _print_rows(rows, as_json, ("id", "status", "worker_id", "attempts", "error_message"))
 
 

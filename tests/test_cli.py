@@ -293,3 +293,26 @@ async def test_the_embedded_postgres_we_start_is_stopped_when_we_exit_unless_kep
 
         pgserver.get_server(tmp_path / "b" / "pg", cleanup_mode="stop").cleanup()
     assert _postgres_serving(tmp_path / "b") == []
+
+
+async def test_listings_have_headers_empty_cells_and_case_insensitive_statuses(cli):
+    await cli("enqueue", "--count", "2")
+    code, out, _ = await cli("tasks")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == [
+        "id",
+        "status",
+        "worker_id",
+        "attempts",
+        "error_message",
+    ]
+    assert len(rows) == 2 and "None" not in out
+    code, out, _ = await cli("tasks", "--status", "queued")
+    assert code == 0 and len(out.splitlines()) == 3
+    code, out, _ = await cli("tasks", "--status", "in progress")
+    assert code == 0 and out.strip() == "(none)"
+    code, _, err = await cli("tasks", "--status", "done")
+    flat = " ".join(err.replace("│", " ").split())  # typer boxes and wraps the message
+    assert code == 2 and "accepted: Queued, In Progress, Complete, Failed, Cancelled" in flat
+    code, out, _ = await cli("workers")
+    assert code == 0 and out.strip() == "(none)"
