@@ -22,6 +22,7 @@ from .errors import OrchestratorError, SettingsError
 from .logs import configure_logging
 
 if TYPE_CHECKING:
+    from .ops.http import WaitingForDatabase
     from .runtime import Runtime
 
 log = structlog.get_logger()
@@ -58,50 +59,61 @@ def run() -> None:
         from .loop import CycleReport
         from .ops.alert_rules import AlertConfig
         from .ops.alerts import Alerter
-        from .ops.http import OpsServer
+        from .ops.http import OpsServer, WaitingForDatabase
         from .ops.metrics import Metrics
         from .signals import stop_on_signals
 
         stop = stop_on_signals()
-        runtime = await _open_patiently(settings, stop)
-        if runtime is None:
-            return
         metrics = Metrics()
-        alerter = Alerter(AlertConfig.from_settings(settings))
+        waiting = WaitingForDatabase()
         ops = None
-
-        def observe(report: CycleReport) -> None:
-            metrics.observe_cycle(report)
-            alerter.observe(report)
-
-        try:
-            if settings.port is not None:
-                ops = await OpsServer(settings, runtime.orchestrator, runtime.store, metrics).start(
-                    host="0.0.0.0", port=settings.port
-                )
-            await runtime.orchestrator.run_forever(
-                stop, settings.orchestrator_poll_sec, on_cycle=observe
+        if settings.port is not None:  # /livez from the first second
+            ops = await OpsServer(settings, waiting, waiting, metrics).start(
+                host="0.0.0.0", port=settings.port
             )
+        try:
+            runtime = await _open_patiently(settings, stop, waiting)
+            if runtime is None:
+                return
+            alerter = Alerter(AlertConfig.from_settings(settings))
+
+            def observe(report: CycleReport) -> None:
+                metrics.observe_cycle(report)
+                alerter.observe(report)
+
+            if ops is not None:
+                ops.attach(runtime.orchestrator, runtime.store)
+            try:
+                await runtime.orchestrator.run_forever(
+                    stop, settings.orchestrator_poll_sec, on_cycle=observe
+                )
+            finally:
+                await alerter.aclose()
+                await runtime.aclose()
         finally:
             if ops is not None:
                 await ops.stop()
-            await alerter.aclose()
-            await runtime.aclose()
 
     _run(main())
 
 
-async def _open_patiently(settings: Settings, stop: asyncio.Event) -> Runtime | None:
+async def _open_patiently(
+    settings: Settings, stop: asyncio.Event, waiting: WaitingForDatabase
+) -> Runtime | None:
     """Opens the runtime, retrying a database that is not up yet (a platform restart
-    budget should not be spent on a database blip); None when stopped meanwhile."""
-    from .errors import StoreError
+    budget should not be spent on a database blip); None when stopped meanwhile.
+    A refusal that waiting never heals (password, role, database name) is raised."""
+    from .errors import DatabaseRefused, StoreError
     from .runtime import open_runtime
 
     delay = 1.0
     while True:
         try:
             return await open_runtime(settings)
+        except DatabaseRefused:
+            raise
         except StoreError as exc:
+            waiting.reason = str(exc)
             log.warning("database_unavailable_retrying", error=str(exc), retry_in_sec=delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)

@@ -25,6 +25,11 @@ class LeaseLost(StoreError):
     stops at once and touches no pod."""
 
 
+class DatabaseRefused(StoreError):
+    """The database answered, and refused us for good: wrong password, unknown
+    role or database. Waiting never heals it, so `run` exits 1 instead of retrying."""
+
+
 class SchemaMissing(StoreError):
     """The database lacks our functions, or an older version of them: it was not
     migrated (`gpu-orchestrator migrate`; over REST, `migrate --print-sql`)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from .config import Settings
-from .errors import SchemaMissing, SettingsError, StoreError
+from .errors import DatabaseRefused, SchemaMissing, SettingsError, StoreError
 from .executor import Executor
 from .loop import Orchestrator
 from .providers.base import Provider, worker_environment
@@ -21,6 +21,13 @@ from .store.postgres import PostgresStore, uses_transaction_pooler
 from .store.supabase import SupabaseStore
 
 Store = PostgresStore | SupabaseStore
+
+# Answers that never change by waiting: wrong password, unknown role or database.
+_REFUSALS = (
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
 
 _MIGRATE_ADVICE = (
     "run `gpu-orchestrator migrate --print-sql` and apply its output in the Supabase SQL "
@@ -40,7 +47,9 @@ async def migrate(dsn: str) -> list[str]:
     try:
         cache = 0 if uses_transaction_pooler(dsn) else 100
         conn = await asyncpg.connect(dsn, timeout=10, statement_cache_size=cache)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except _REFUSALS as exc:
+        raise DatabaseRefused(f"the database refused the connection: {exc}") from exc
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise StoreError(f"cannot connect to the database: {exc}") from exc
     try:
         return await apply_migrations(conn)

@@ -18,6 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from gpu_orchestrator.cli import app
+from gpu_orchestrator.store.embedded import with_database
 
 COMMANDS = [
     ["run"], ["once"], ["migrate"], ["config"], ["enqueue"], ["worker"], ["demo"],
@@ -316,3 +317,65 @@ async def test_listings_have_headers_empty_cells_and_case_insensitive_statuses(c
     assert code == 2 and "accepted: Queued, In Progress, Complete, Failed, Cancelled" in flat
     code, out, _ = await cli("workers")
     assert code == 0 and out.strip() == "(none)"
+
+
+async def test_run_serves_livez_while_it_waits_for_a_database_that_is_down(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/postgres",  # nothing listens
+        "ORCHESTRATOR_DATA_DIR": str(tmp_path),
+        "ORCHESTRATOR_PROVIDER": "local",
+        "PORT": str(port),
+        "LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpu_orchestrator",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            for _ in range(100):  # served within the first seconds
+                try:
+                    live = await http.get("/livez")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            assert live.status_code == 200 and "waiting for the database" in live.text
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.text.startswith(
+                "db: failed: StoreError: not connected yet: cannot connect"
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+
+
+async def test_run_exits_1_at_once_for_a_database_that_does_not_exist(pg_admin_dsn, tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": with_database(pg_admin_dsn, "no_such_database"),
+        "ORCHESTRATOR_DATA_DIR": str(tmp_path),
+        "ORCHESTRATOR_PROVIDER": "local",
+        "LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpu_orchestrator",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)  # not retried forever
+    assert proc.returncode == 1
+    (line,) = err.decode().strip().splitlines()
+    assert "refused the connection" in line and "no_such_database" in line

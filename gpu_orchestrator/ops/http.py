@@ -102,6 +102,24 @@ class Response:
         return raw if head_only else raw + self.body
 
 
+class WaitingForDatabase:
+    """Stands in for the loop and the store while `run` waits for a database that is
+    not up yet: `/livez` passes (waiting is not being stuck), `/readyz` says why it
+    is not ready. `OpsServer.attach` swaps the real ones in."""
+
+    last_tick: float | None = None
+    failing_cycles = 0
+
+    def __init__(self) -> None:
+        self.reason = "connecting"
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        raise StoreError(f"not connected yet: {self.reason}")
+
+    async def observe(self, horizon_sec: float, queue_cap: int | None = None) -> Snapshot:
+        raise StoreError(f"not connected yet: {self.reason}")
+
+
 class OpsServer:
     """Serves the endpoints for one daemon. `clock` is `time.monotonic` (the
     orchestrator's `last_tick` clock); tests inject their own."""
@@ -147,6 +165,10 @@ class OpsServer:
         """The bound port (useful when started with port 0)."""
         assert self._server is not None, "start() first"
         return int(self._server.sockets[0].getsockname()[1])
+
+    def attach(self, orchestrator: Ticking, store: OpsStore) -> None:
+        """The real loop and store, once they exist (see `WaitingForDatabase`)."""
+        self._orchestrator, self._store = orchestrator, store
 
     async def start(self, host: str = "0.0.0.0", port: int = 0) -> OpsServer:
         """Binds and serves in the background; returns self."""
@@ -221,6 +243,10 @@ class OpsServer:
         now = self._clock()
         last = self._orchestrator.last_tick
         limit = self.stale_after_sec
+        if isinstance(self._orchestrator, WaitingForDatabase):
+            return Response.text(
+                HTTPStatus.OK, [f"loop: waiting for the database ({self._orchestrator.reason})"]
+            )
         if last is None:
             since = now - (self._started_at if self._started_at is not None else now)
             ok = since <= limit
