@@ -238,10 +238,11 @@ def demo(
     """Spawn local workers for demo tasks on an embedded Postgres and watch them.
 
     The queue drains, then the fleet scales back down. Never touches DATABASE_URL.
-    Logs are quiet (warnings only) unless LOG_LEVEL is set."""
+    The demo's own lines tell the story (breaker transitions included), so logs are
+    quiet (errors only) unless LOG_LEVEL is set."""
     settings = _settings()
     if "LOG_LEVEL" not in os.environ:
-        configure_logging(settings.log_format, "WARNING")
+        configure_logging(settings.log_format, "ERROR")
     from .demo import Scenario, run_demo
 
     try:

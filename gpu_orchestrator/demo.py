@@ -153,6 +153,8 @@ async def run_demo(
                 if console.is_terminal:
                     live.update(view.renderable())
                 else:
+                    for line in view.fresh_notes:
+                        print(line, flush=True)
                     print(view.plain_line(), flush=True)
                 if _finished(report, counts, cfg.min_active_gpus) or elapsed > TIME_LIMIT_SEC:
                     break
@@ -167,8 +169,9 @@ async def run_demo(
     ok = counts.get("Complete", 0) + counts.get("Failed", 0) == tasks and not stop.is_set()
     print(
         f"demo {'finished' if ok else 'did NOT finish'} in {elapsed:.1f}s: "
-        f"{counts.get('Complete', 0)} of {tasks} tasks complete, {counts.get('Failed', 0)} failed, "
-        f"{spawned} workers spawned, fleet back to {cfg.min_active_gpus}",
+        f"{counts.get('Complete', 0)} of {tasks} tasks complete, {counts.get('Failed', 0)} tasks "
+        f"failed, {spawned} workers spawned, fleet back to {cfg.min_active_gpus}; "
+        f"{view.story()}",
         file=sys.stdout,
     )
     return 0 if ok else 1

@@ -232,6 +232,40 @@ async def test_demo_drains_its_queue_and_scales_down(tmp_path):
     assert "8 of 8 tasks complete" in out.decode()
 
 
+@pytest.mark.process
+async def test_piped_demo_output_tells_the_breaker_story(tmp_path):
+    """Piped (no terminal), stdout and stderr together as a log would keep them: no
+    JSON lines, reason codes on actions, the breaker's transitions, and a closing
+    line that does not say '0 failed' as if nothing happened."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LOG_LEVEL")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpu_orchestrator",
+        "demo",
+        "--scenario",
+        "boot-failures",
+        "--tasks",
+        "8",
+        "--data-dir",
+        str(tmp_path / "d"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 150)
+    text = out.decode()
+    assert proc.returncode == 0, text[-2000:]
+    lines = text.splitlines()
+    assert not [line for line in lines if line.startswith("{")], text[-2000:]
+    assert any("spawn(queue_demand)x" in line for line in lines)
+    assert any("breaker opened:" in line for line in lines)
+    assert not [line for line in lines if line.split("] ", 1)[-1].startswith("ok ")]
+    closing = lines[-1]
+    assert "worker failures:" in closing and "boot_failed" in closing, closing
+    assert "breaker opened (breaker_tripped)" in closing and "closed" in closing, closing
+
+
 async def test_an_unmigrated_database_is_explained_and_never_migrated_silently(empty_dsn, tmp_path):
     cli = Cli(empty_dsn, tmp_path)
     advice = "no gpu-orchestrator schema (or an older one): run `gpu-orchestrator migrate`"

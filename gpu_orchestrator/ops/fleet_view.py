@@ -25,10 +25,24 @@ class FleetView:
         self._report: CycleReport | None = None
         self._counts: dict[str, int] = {}
         self._elapsed = 0.0
+        # the whole run's story, for the closing line
+        self.worker_failures: dict[str, int] = {}  # failure reason -> workers
+        self.breaker_moves: list[str] = []  # "opened (breaker_tripped)", ...
 
     def update(self, report: CycleReport, counts: dict[str, int], elapsed: float) -> None:
         self._report, self._counts, self._elapsed = report, counts, elapsed
+        self.fresh_notes: list[str] = []  # this cycle's notes, for plain output
+        move = report.plan.breaker.transition if report.plan and report.plan.breaker else None
+        if move is not None:
+            word = "opened" if move.to.value == "open" else "closed"
+            self.breaker_moves.append(f"{word} ({move.reason.value})")
+            note = f"[{elapsed:6.1f}s] breaker {word}: {move.message}"
+            self.note(note)
+            self.fresh_notes.append(note)
         for r in report.results:
+            if r.kind.value == "fail" and r.outcome == "done":
+                reason = r.reason.value
+                self.worker_failures[reason] = self.worker_failures.get(reason, 0) + 1
             who = r.worker_id or r.task_id or ""
             failed = f" ({r.outcome}: {r.error})" if r.outcome == "error" else ""
             self._recent.append(
@@ -75,12 +89,23 @@ class FleetView:
         fleet = " ".join(f"{k}={v}" for k, v in sorted(workers.items())) or "none"
         acts: dict[str, int] = {}
         for r in report.results:
-            acts[r.kind.value] = acts.get(r.kind.value, 0) + 1
+            key = f"{r.kind.value}({r.reason.value})"
+            acts[key] = acts.get(key, 0) + 1
         done = " ".join(f"{k}x{v}" for k, v in sorted(acts.items())) or "-"
+        # The cycle's outcome only when it is not a normal one: the breaker says the rest.
+        outcome = "" if report.outcome == "ok" else f"{report.outcome}: {report.reason} "
         return (
-            f"[{self._elapsed:6.1f}s] {report.outcome:<7} {self.queue_line()} "
+            f"[{self._elapsed:6.1f}s] {outcome}{self.queue_line()} "
             f"workers: {fleet} actions: {done} | {self.breaker_line()}"
         )
+
+    def story(self) -> str:
+        """What happened to the fleet over the run, for the closing line."""
+        failures = ", ".join(f"{n} {reason}" for reason, n in sorted(self.worker_failures.items()))
+        line = f"worker failures: {failures or 'none'}"
+        if self.breaker_moves:
+            line += f"; breaker {', then '.join(self.breaker_moves)}"
+        return line
 
     def renderable(self) -> Group:
         report = self._report
