@@ -266,6 +266,9 @@ def status(
     what_if: list[str] = typer.Option(
         [], "--set", help="NAME=VALUE: judge under another setting (changes nothing)."
     ),
+    html: Path | None = typer.Option(
+        None, "--html", help="Also write the status page (HTML, self-contained) to this file."
+    ),
 ) -> None:
     """The fleet's health: breaker, failures by reason, healthy workers, queue,
     verdict and recommended action, forecast and levers.
@@ -286,8 +289,9 @@ def status(
     async def once() -> int:
         from .ops.health import Verdict, read_report, render_text
 
+        events: list[dict[str, Any]] = []
         try:
-            report = await read_report(settings, overrides)
+            report = await read_report(settings, overrides, events)
         except OrchestratorError as exc:
             if as_json:
                 typer.echo(json.dumps({"verdict": "unknown", "exit_code": 3, "error": str(exc)}))
@@ -295,6 +299,10 @@ def status(
                 typer.echo(f"verdict: UNKNOWN (exit 3): cannot read state: {exc}")
             return int(Verdict.UNKNOWN)
         typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_text(report))
+        if html is not None:
+            from .ops.page import render_page
+
+            await asyncio.to_thread(html.write_text, render_page(report, events), "utf-8")
         return int(report.verdict)
 
     code = _run(once())

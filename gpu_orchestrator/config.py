@@ -342,7 +342,7 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings with every secret hidden (for `config` and logs)."""
-        out: dict[str, Any] = {"store": self.store_kind, "provider": self.provider_name}
+        out: dict[str, Any] = {"store": self.store_kind}
         for name, value in self.model_dump().items():
             if name in ("database_url", "worker_database_url") and value is not None:
                 out[name] = redact_dsn(value.get_secret_value())
@@ -352,6 +352,7 @@ class Settings(BaseSettings):
                 out[name] = {k: "**********" for k in value}
             else:
                 out[name] = str(value) if isinstance(value, Path) else value
+        out["orchestrator_provider"] = self.provider_name  # the effective one
         return out
 
 

@@ -17,6 +17,19 @@ def _message_for_platforms(
     return event
 
 
+# The cycle report's bulky fields: the console line keeps its one-line message.
+_CYCLE_DETAIL = ("observed", "plan", "breaker", "actions")
+
+
+def _short_cycle_for_people(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    if str(event.get("event", "")).startswith("cycle") and "message" in event:
+        for key in _CYCLE_DETAIL:
+            event.pop(key, None)
+    return event
+
+
 def configure_logging(fmt: str | None, level: str = "INFO") -> None:
     """`fmt` None picks console on a TTY and JSON elsewhere (Railway, CI, pods)."""
     if fmt is None:
@@ -25,7 +38,7 @@ def configure_logging(fmt: str | None, level: str = "INFO") -> None:
     # `message`, the key log platforms (Railway) show as the line's text; a line
     # with no explanation shows its event name there. `level` is already there.
     tail: list[structlog.typing.Processor] = (
-        [structlog.dev.ConsoleRenderer()]
+        [_short_cycle_for_people, structlog.dev.ConsoleRenderer()]
         if fmt == "console"
         else [_message_for_platforms, structlog.processors.JSONRenderer()]
     )

@@ -205,9 +205,27 @@ class Orchestrator:
 
 
 def _log_cycle(report: CycleReport) -> None:
+    """The whole report as fields (JSON lines keep it all) and a one-line `message`
+    for people (the console shows only that, see `logs`)."""
     summary = report.as_dict()
     event = "cycle" if report.outcome == "ok" else f"cycle_{report.outcome}"
     if report.outcome == "retry":
-        log.warning(event, **summary)
+        log.warning(event, message=_one_line(report), **summary)
     else:
-        log.info(event, **summary)
+        log.info(event, message=_one_line(report), **summary)
+
+
+def _one_line(report: CycleReport) -> str:
+    if report.outcome != "ok" or report.snapshot is None or report.plan is None:
+        return f"{report.outcome}: {report.reason}"
+    workers = ", ".join(f"{n} {s}" for s, n in sorted(_count_by_status(report.snapshot).items()))
+    acts: dict[str, int] = {}
+    for r in report.results:
+        key = f"{r.kind.value}({r.reason.value}){'' if r.outcome == 'done' else ':' + r.outcome}"
+        acts[key] = acts.get(key, 0) + 1
+    breaker = report.plan.breaker.state.value if report.plan.breaker else "-"
+    return (
+        f"{report.duration_ms:.0f} ms; workers: {workers or 'none'}; "
+        f"queued {report.snapshot.queue.queued}; breaker {breaker}; actions: "
+        + (" ".join(f"{k}x{n}" for k, n in sorted(acts.items())) or "none")
+    )

@@ -26,6 +26,7 @@ from gpu_orchestrator.ops.alert_rules import (
 from gpu_orchestrator.ops.health import Verdict, judge
 from gpu_orchestrator.ops.metrics import Metrics
 from gpu_orchestrator.providers.base import worker_environment
+from gpu_orchestrator.providers.local import LocalProvider
 from gpu_orchestrator.runtime import Runtime, open_runtime
 
 PROBE_SEC = 0.5
@@ -132,6 +133,9 @@ async def test_spawn_while_a_daemon_leads_is_left_to_it_and_never_raced(cli) -> 
     assert len(spawned) == 2
     code, out, _ = await cli("once", MAX_ACTIVE_GPUS="4")
     assert [a for a in json.loads(out)["actions"] if a["reason"] == "manual"] == []
+    pods = LocalProvider(cli.data_dir)  # stop the workers this test launched
+    for pod in await pods.list_pods():
+        await pods.terminate_pod(pod.name, pod.pod_id)
 
 
 # -- settings -------------------------------------------------------------------------------

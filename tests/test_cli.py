@@ -41,6 +41,7 @@ def test_help_is_complete(command):
 
 class Cli:
     def __init__(self, dsn: str, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.env = {
             **os.environ,
             "DATABASE_URL": dsn,
@@ -190,8 +191,9 @@ async def test_run_serves_ops_endpoints_then_hands_the_lease_back_on_sigterm(cli
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
-    while b'"message": "cycle"' not in (await asyncio.wait_for(proc.stderr.readline(), 30)):
-        pass
+    async with asyncio.timeout(60):  # a first cycle, led
+        while b'"event": "cycle"' not in await proc.stderr.readline():
+            pass
     drain = asyncio.create_task(proc.stderr.read())  # keep the log pipe from filling up
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         assert (await http.get("/livez")).status_code == 200

@@ -157,7 +157,7 @@ def test_config_says_which_store_is_in_use_and_hides_the_supabase_keys():
     )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert (shown["store"], shown["provider"]) == ("supabase", "local")
+    assert (shown["store"], shown["orchestrator_provider"]) == ("supabase", "local")
     assert "MARKER" not in result.stdout
     half = run_cli("config", SUPABASE_URL="https://abc.supabase.co")
     assert half.returncode == 2 and "SUPABASE_SERVICE_ROLE_KEY" in half.stderr

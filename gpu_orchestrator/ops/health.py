@@ -367,14 +367,20 @@ def render_text(report: HealthReport) -> str:
     return "\n".join(lines)
 
 
-async def read_report(settings: Settings, what_if: dict[str, str]) -> HealthReport:
+async def read_report(
+    settings: Settings, what_if: dict[str, str], events: list[dict[str, Any]] | None = None
+) -> HealthReport:
     """Observes once (exact queue depth) and judges; raises `StoreError` when the
-    state cannot be read. `settings` already carry the what-if overrides."""
+    state cannot be read. `settings` already carry the what-if overrides.
+    `events`: filled with the orchestrator events of the last two failure windows
+    (the status page's timeline), when given."""
     from ..runtime import connect_store
 
     store = await connect_store(settings)
     try:
         snapshot = await store.observe(settings.policy().horizon_sec)
+        if events is not None:
+            events += await store.recent_events(2 * settings.policy().failure_window_sec)
     finally:
         await store.close()
     return judge(replace(snapshot, pods=await _list_pods(settings)), settings, what_if)

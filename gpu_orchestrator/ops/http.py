@@ -9,6 +9,7 @@
   database and has run a cycle; a standby is ready too, so overlapping deploys
   pass while the old instance still holds the lease.
 - `GET /metrics`: Prometheus text format (see `ops.metrics`).
+- `GET /`: the status page (`ops.page`): the health report as HTML with a timeline.
 - `GET /status`: the health report JSON of `gpu-orchestrator status --json`,
   observed fresh (exact queue depth).
 
@@ -39,6 +40,7 @@ from ..models import Snapshot
 from .health import judge
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .page import render_page
 
 log = structlog.get_logger()
 
@@ -60,6 +62,9 @@ class OpsStore(Protocol):
 
     async def ping(self, timeout: float = 2.0) -> None:
         """`select 1` within `timeout` s; raises `StoreError` when it does not answer."""
+
+    async def recent_events(self, since_sec: float) -> list[dict[str, Any]]:
+        """Orchestrator events of the last `since_sec` (the status page's timeline)."""
 
 
 class Ticking(Protocol):
@@ -119,6 +124,9 @@ class WaitingForDatabase:
     async def observe(self, horizon_sec: float, queue_cap: int | None = None) -> Snapshot:
         raise StoreError(f"not connected yet: {self.reason}")
 
+    async def recent_events(self, since_sec: float) -> list[dict[str, Any]]:
+        raise StoreError(f"not connected yet: {self.reason}")
+
 
 class OpsServer:
     """Serves the endpoints for one daemon. `clock` is `time.monotonic` (the
@@ -150,6 +158,7 @@ class OpsServer:
             "/readyz": self._readyz,
             "/metrics": self._metrics_page,
             "/status": self._status,
+            "/": self._page,
         }
 
     @property
@@ -302,6 +311,21 @@ class OpsServer:
         doc = report.as_dict()
         ok = doc["exit_code"] <= 1
         return Response.json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, doc)
+
+    async def _page(self) -> Response:
+        """The status page (see `ops.page`), observed fresh; 503 with the reason
+        when the state cannot be read."""
+        try:
+            async with asyncio.timeout(_STATUS_TIMEOUT_SEC):
+                snapshot = await self._store.observe(self._settings.policy().horizon_sec, None)
+                events = await self._store.recent_events(
+                    2 * self._settings.failure_window_minutes * 60
+                )
+        except (TimeoutError, StoreError) as exc:
+            why = "no snapshot in time" if isinstance(exc, TimeoutError) else self._safe(exc)
+            return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, [f"state unreadable: {why}"])
+        page = render_page(judge(snapshot, self._settings, {}), events)
+        return Response(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
 
     def _safe(self, exc: Exception) -> str:
         """The error's message, short, with every secret of the settings masked."""

@@ -269,6 +269,11 @@ class PostgresStore:
     async def enqueue_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> int:
         return int(await self._val("enqueue_tasks", "select orch_enqueue_tasks($1)", list(tasks)))
 
+    async def recent_events(self, since_sec: float) -> list[dict[str, Any]]:
+        """Orchestrator events of the last `since_sec`, oldest first (for people)."""
+        rows = await self._val("recent_events", "select orch_recent_events($1)", since_sec)
+        return [{**row, "at": datetime.fromtimestamp(row["at"], UTC)} for row in rows]
+
     async def task_counts(self) -> dict[str, int]:
         """Tasks by status, for people (the cycle never reads this)."""
         return dict(await self._val("task_counts", "select orch_task_counts()"))

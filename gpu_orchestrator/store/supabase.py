@@ -294,6 +294,12 @@ class SupabaseStore:
             )
         )
 
+    async def recent_events(self, since_sec: float) -> list[dict[str, Any]]:
+        rows = await self._rpc(
+            "recent_events", "orch_recent_events", {"since_sec_param": since_sec}, read=True
+        )
+        return [{**row, "at": datetime.fromtimestamp(row["at"], UTC)} for row in rows]
+
     async def task_counts(self) -> dict[str, int]:
         return dict(await self._rpc("task_counts", "orch_task_counts", {}, read=True))
 
