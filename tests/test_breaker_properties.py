@@ -13,7 +13,7 @@ from policy_builders import SEED_BREAKER, T0, snap
 
 from gpu_orchestrator.models import FAILURE_REASONS, BreakerState, Launch, Reason
 from gpu_orchestrator.policy import decide
-from gpu_orchestrator.policy.breaker import assess_breaker
+from gpu_orchestrator.policy.breaker import assess_breaker, counted_failure
 from gpu_orchestrator.sim.fleet import SimFleet
 
 CFG = replace(SEED_BREAKER, offerings=("A", "B"))
@@ -83,8 +83,15 @@ def test_capacity_errors_never_change_the_rate(history, refusals):
 @settings(max_examples=200, deadline=None)
 @given(history=launches(count=12), queued=st.integers(0, 50))
 def test_a_closed_breaker_never_blocks_on_fewer_outcomes_than_the_minimum(history, queued):
+    """Fewer than MIN_WORKERS_FOR_RATE_CHECK outcomes in the window, and fewer than that
+    many failures in a row among the launches it knows (the small-fleet streak rule):
+    the breaker stays closed."""
     view = assess_breaker(replace(snap(queued=queued), launches=history), CFG)
-    if view.failed + view.proven < CFG.min_workers_for_rate_check:
+    failures = sum(1 for launch in history if counted_failure(launch))
+    if (
+        view.failed + view.proven < CFG.min_workers_for_rate_check
+        and failures < CFG.min_workers_for_rate_check
+    ):
         assert view.state is BreakerState.CLOSED
         plan = decide(replace(snap(queued=queued), launches=history), CFG)
         assert Reason.BREAKER_OPEN not in plan.held_back
