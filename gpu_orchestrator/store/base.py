@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..errors import LeaseLost
@@ -51,6 +51,36 @@ class ReleasedTasks:
 
     def __bool__(self) -> bool:
         return bool(self.requeued or self.failed or self.quarantined)
+
+
+# The JSON answers of the SQL functions, read the same way by both stores.
+
+
+def lease_from(out: Mapping[str, Any]) -> Lease:
+    """`orch_acquire_lease`'s answer."""
+    contact = out["last_contact"]
+    return Lease(
+        leader=bool(out["leader"]),
+        holder=str(out["holder"]),
+        epoch=int(out["epoch"]),
+        expires_at=datetime.fromisoformat(out["expires_at"]),
+        ttl_sec=float(out["ttl_sec"]),
+        last_contact=None if contact is None else datetime.fromtimestamp(contact, UTC),
+    )
+
+
+def released_from(out: Mapping[str, Any]) -> ReleasedTasks:
+    """`orch_release_tasks`'s answer."""
+    return ReleasedTasks(
+        requeued=tuple(map(str, out["requeued"])),
+        failed=tuple(map(str, out["failed"])),
+        quarantined=tuple(map(str, out["quarantined"])),
+    )
+
+
+def events_from(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`orch_recent_events`'s answer, times as datetimes."""
+    return [{**row, "at": datetime.fromtimestamp(row["at"], UTC)} for row in rows]
 
 
 class OrchestratorStore(Protocol):

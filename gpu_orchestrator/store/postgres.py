@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -15,7 +15,7 @@ import orjson
 
 from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
-from .base import Fence, Lease, ReleasedTasks
+from .base import Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
 from .snapshot import parse_snapshot
 
 # Errors that mean "the store could not be reached or answered", translated at
@@ -212,11 +212,7 @@ class PostgresStore:
             error,
             holder_died,
         )
-        return ReleasedTasks(
-            requeued=tuple(map(str, out["requeued"])),
-            failed=tuple(map(str, out["failed"])),
-            quarantined=tuple(map(str, out["quarantined"])),
-        )
+        return released_from(out)
 
     async def record_event(
         self,
@@ -253,15 +249,7 @@ class PostgresStore:
         out = await self._val(
             "acquire_lease", "select orch_acquire_lease($1, $2, $3)", name, holder, ttl_sec
         )
-        contact = out["last_contact"]
-        return Lease(
-            leader=bool(out["leader"]),
-            holder=str(out["holder"]),
-            epoch=int(out["epoch"]),
-            expires_at=datetime.fromisoformat(out["expires_at"]),
-            ttl_sec=float(out["ttl_sec"]),
-            last_contact=None if contact is None else datetime.fromtimestamp(contact, UTC),
-        )
+        return lease_from(out)
 
     async def release_lease(self, name: str, holder: str) -> None:
         await self._val("release_lease", "select orch_release_lease($1, $2)", name, holder)
@@ -272,7 +260,7 @@ class PostgresStore:
     async def recent_events(self, since_sec: float) -> list[dict[str, Any]]:
         """Orchestrator events of the last `since_sec`, oldest first (for people)."""
         rows = await self._val("recent_events", "select orch_recent_events($1)", since_sec)
-        return [{**row, "at": datetime.fromtimestamp(row["at"], UTC)} for row in rows]
+        return events_from(rows)
 
     async def task_counts(self) -> dict[str, int]:
         """Tasks by status, for people (the cycle never reads this)."""

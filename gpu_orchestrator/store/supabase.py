@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -27,7 +26,7 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
-from .base import Fence, Lease, ReleasedTasks
+from .base import Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
 from .snapshot import parse_snapshot
 
 _READ_TRIES = 3
@@ -226,11 +225,7 @@ class SupabaseStore:
                 "holder_died_param": holder_died,
             },
         )
-        return ReleasedTasks(
-            requeued=tuple(map(str, out["requeued"])),
-            failed=tuple(map(str, out["failed"])),
-            quarantined=tuple(map(str, out["quarantined"])),
-        )
+        return released_from(out)
 
     async def record_event(
         self,
@@ -272,15 +267,7 @@ class SupabaseStore:
             "orch_acquire_lease",
             {"name_param": name, "holder_param": holder, "ttl_sec_param": ttl_sec},
         )
-        contact = out["last_contact"]
-        return Lease(
-            leader=bool(out["leader"]),
-            holder=str(out["holder"]),
-            epoch=int(out["epoch"]),
-            expires_at=datetime.fromisoformat(out["expires_at"]),
-            ttl_sec=float(out["ttl_sec"]),
-            last_contact=None if contact is None else datetime.fromtimestamp(contact, UTC),
-        )
+        return lease_from(out)
 
     async def release_lease(self, name: str, holder: str) -> None:
         await self._rpc(
@@ -298,7 +285,7 @@ class SupabaseStore:
         rows = await self._rpc(
             "recent_events", "orch_recent_events", {"since_sec_param": since_sec}, read=True
         )
-        return [{**row, "at": datetime.fromtimestamp(row["at"], UTC)} for row in rows]
+        return events_from(rows)
 
     async def task_counts(self) -> dict[str, int]:
         return dict(await self._rpc("task_counts", "orch_task_counts", {}, read=True))
