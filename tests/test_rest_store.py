@@ -165,6 +165,7 @@ async def test_an_unmigrated_database_is_explained_and_exits_2(empty_dsn: str, t
             await store.observe()
         await store.close()
         settings = load_settings(
+            database_url=None,  # CI's second pass sets DATABASE_URL in the environment
             supabase_url=url,
             supabase_service_role_key=SERVICE_KEY,
             orchestrator_data_dir=tmp_path,

@@ -5,6 +5,7 @@ can only call the worker API; the migrating role still does everything."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
@@ -129,3 +130,25 @@ async def test_grants_are_reapplied_on_every_migrate(conn) -> None:
         "select has_function_privilege('anon', 'orch_snapshot(double precision, integer)',"
         " 'EXECUTE')"
     )
+
+
+async def test_local_pods_get_their_own_credentials_only(tmp_path, monkeypatch) -> None:
+    """A local pod inherits the environment, but never the orchestrator's own
+    credentials: it gets what worker_environment gives it, nothing more."""
+    from gpu_orchestrator.providers.base import PodSpec
+    from gpu_orchestrator.providers.local import LocalProvider
+
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-MARKER")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://owner:owner-MARKER@h/d")
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp-MARKER")
+    dump = tmp_path / "env.txt"
+    provider = LocalProvider(tmp_path, f"env > {dump}")
+    await provider.create_pod(PodSpec("gpu-1", {"SUPABASE_WORKER_KEY": "worker-key"}))
+    for _ in range(100):
+        if dump.exists() and "SUPABASE_WORKER_KEY" in dump.read_text():
+            break
+        await asyncio.sleep(0.05)
+    seen = dump.read_text()
+    assert "SUPABASE_WORKER_KEY=worker-key" in seen
+    assert "MARKER" not in seen
+    await provider.terminate_pod("gpu-1", None)

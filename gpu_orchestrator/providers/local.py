@@ -49,6 +49,21 @@ def _signal_zero(pid: int) -> str | None:
     return "?"
 
 
+# The orchestrator's own credentials: a pod gets what `worker_environment` gives it
+# (its DSN or worker key), never these through the inherited environment.
+_ORCHESTRATOR_ONLY = frozenset(
+    {
+        "DATABASE_URL",
+        "WORKER_DATABASE_URL",
+        "SUPABASE_URL",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "SUPABASE_WORKER_KEY",
+        "RUNPOD_API_KEY",
+        "ALERT_WEBHOOK_URL",
+    }
+)
+
+
 class LocalProvider:
     name = "local"
 
@@ -90,8 +105,9 @@ class LocalProvider:
         return Pod(spec.worker_id, spec.worker_id, running=True, status="RUNNING", cost_per_hr=0.0)
 
     async def _start(self, spec: PodSpec, log: IO[bytes]) -> asyncio.subprocess.Process:
+        inherited = {k: v for k, v in os.environ.items() if k not in _ORCHESTRATOR_ONLY}
         options: dict[str, Any] = {
-            "env": {**os.environ, **spec.env},
+            "env": {**inherited, **spec.env},
             "stdin": asyncio.subprocess.DEVNULL,
             "stdout": log,
             "stderr": asyncio.subprocess.STDOUT,
