@@ -149,3 +149,14 @@ def test_a_spawn_request_with_the_kill_switch_on_launches_nothing() -> None:
 
 def test_no_request_no_record() -> None:
     assert decide(snap(now=T0), SEED).served_requests is None
+
+
+def test_a_spawn_request_while_every_offering_backs_off_is_refused_not_a_crash() -> None:
+    refusals = tuple(
+        failed(f"c{i}", age=5, reason=Reason.CAPACITY, pod_created=False, offering=o)
+        for i, o in enumerate(SEED.offerings)
+    )
+    s = replace(snap(), launches=refusals, controls=_requested(2))
+    plan = decide(s, SEED)
+    assert spawns(plan) == []
+    assert plan.served_requests == ServedRequests(7, 2, 0, (Reason.ALL_OFFERINGS_BACKING_OFF,))

@@ -90,16 +90,15 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
                 probe=launches.probe,
             )
         )
-    if served is not None:
-        actions += [
-            Action(
-                ActionKind.SPAWN,
-                Reason.MANUAL,
-                "operator spawn request",
-                offering=open_offerings[0],
-                fallbacks=tuple(open_offerings[1:]),
-            )
-        ] * served.allowed
+    if served is not None and served.allowed:  # allowed only with an offering open
+        manual = Action(
+            ActionKind.SPAWN,
+            Reason.MANUAL,
+            "operator spawn request",
+            offering=open_offerings[0],
+            fallbacks=tuple(open_offerings[1:]),
+        )
+        actions += [manual] * served.allowed
     if capacity > desired:
         idle = drain_candidates(serving, holds, snapshot.now, cfg)
         for w in idle[: capacity - desired]:
@@ -209,18 +208,13 @@ def _served_requests(
     controls = snapshot.controls
     if controls.requested_spawns <= 0 or controls.spawn_request_id is None:
         return None
-    asked = controls.requested_spawns
-    refusal = (
-        Reason.KILL_SWITCH
-        if controls.kill_switch
-        else Reason.BILLING_HOLD
-        if billing_retry_due is not None
-        else None
-        if offering_open
-        else Reason.ALL_OFFERINGS_BACKING_OFF
-    )
-    allowed = 0 if refusal is not None else min(asked, max(0, room))
-    if refusal is None and allowed < asked:
-        refusal = Reason.MAX_ACTIVE_REACHED
-    held = () if refusal is None else (refusal,)
-    return ServedRequests(controls.spawn_request_id, asked, allowed, held)
+    asked, request_id = controls.requested_spawns, controls.spawn_request_id
+    if controls.kill_switch:
+        return ServedRequests(request_id, asked, 0, (Reason.KILL_SWITCH,))
+    if billing_retry_due is not None:
+        return ServedRequests(request_id, asked, 0, (Reason.BILLING_HOLD,))
+    if not offering_open:
+        return ServedRequests(request_id, asked, 0, (Reason.ALL_OFFERINGS_BACKING_OFF,))
+    allowed = min(asked, max(0, room))
+    held = (Reason.MAX_ACTIVE_REACHED,) if allowed < asked else ()
+    return ServedRequests(request_id, asked, allowed, held)
