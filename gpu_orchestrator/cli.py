@@ -47,13 +47,25 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+_SHADOW = typer.Option(
+    False,
+    "--shadow",
+    help="Observe and decide, write nothing and touch no pod; log and show what it would "
+    "do (also SHADOW=1).",
+)
+
+
+def _shadow_settings(shadow: bool) -> Settings:
+    return _settings(shadow=True) if shadow else _settings()
+
+
 @app.command()
-def run() -> None:
+def run(shadow: bool = _SHADOW) -> None:
     """Run the orchestrator loop every ORCHESTRATOR_POLL_SEC until SIGTERM/SIGINT.
 
     With PORT set it serves /livez, /readyz, /metrics and /status; with
     ALERT_WEBHOOK_URL set it sends alerts."""
-    settings = _settings()
+    settings = _shadow_settings(shadow)
 
     async def main() -> None:
         from .loop import CycleReport
@@ -123,10 +135,10 @@ async def _open_patiently(
 
 
 @app.command()
-def once() -> None:
+def once(shadow: bool = _SHADOW) -> None:
     """Run one cycle and print its summary as JSON (exit 1 if the store could not
     be read)."""
-    settings = _settings()
+    settings = _shadow_settings(shadow)
 
     async def main() -> int:
         from .runtime import open_runtime
@@ -134,7 +146,8 @@ def once() -> None:
         runtime = await open_runtime(settings)
         try:
             report = await runtime.orchestrator.run_cycle()
-            await runtime.orchestrator.release_lease()
+            if not settings.shadow:
+                await runtime.orchestrator.release_lease()
         finally:
             await runtime.aclose()
         typer.echo(json.dumps(report.as_dict(), indent=2, default=str))
@@ -151,15 +164,31 @@ def migrate(
         help="Print every migration as one SQL script (for the Supabase SQL editor or "
         "`supabase db push`) instead of applying it; safe to run on a migrated database.",
     ),
+    adopted: bool = typer.Option(
+        False,
+        "--adopted",
+        help="With --print-sql: the script for a Headless-Wan2GP / Reigh database "
+        "(everything of ours in schema `orchestrator`, nothing of the app's changed).",
+    ),
+    unadopt: bool = typer.Option(
+        False,
+        "--unadopt",
+        help="With --print-sql: the script that undoes an adoption (the app's heartbeat as "
+        "it was, schema `orchestrator` dropped); see docs/migrating.md.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print what would be done to this database; change nothing."
+    ),
 ) -> None:
     """Apply pending database migrations (idempotent, safe to run concurrently).
 
-    Over the REST store (SUPABASE_URL without DATABASE_URL) nothing can be applied:
-    use --print-sql and run its output in the Supabase SQL editor."""
+    A Headless-Wan2GP / Reigh database is recognised and adopted additively: see
+    --dry-run. Over the REST store (SUPABASE_URL without DATABASE_URL) nothing can
+    be applied: use --print-sql and run its output in the Supabase SQL editor."""
     if print_sql:
-        from .store.migrate import migration_script
+        from .store.migrate import ADOPTED, NATIVE, migration_script, unadopt_sql
 
-        typer.echo(migration_script())
+        typer.echo(unadopt_sql() if unadopt else migration_script(ADOPTED if adopted else NATIVE))
         return
     settings = _settings()
     if settings.store_kind == "supabase":
@@ -170,6 +199,16 @@ def migrate(
             err=True,
         )
         raise typer.Exit(2)
+
+    if dry_run:
+        from .runtime import inspect, resolve_dsn
+        from .store.migrate import plan_text
+
+        async def look() -> str:
+            return plan_text(await inspect(await resolve_dsn(settings)))
+
+        typer.echo(_run(look()))
+        return
 
     async def main() -> list[str]:
         from .runtime import migrate as apply

@@ -20,12 +20,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import SettingsError
 from .models import PolicyConfig
+from .store.base import Demand
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveSec = Annotated[float, Field(gt=0)]
 
 
 # Pod env names whose values never enter a fingerprint (nor a log).
+# `DEMAND_SQL_FUNCTION`: a call with literal arguments only (the snapshot checks
+# the same grammar in SQL, whoever calls it).
+_LITERAL = r"(?:true|false|null|-?[0-9]+|'[A-Za-z0-9_ -]*')"
+DEMAND_CALL = re.compile(
+    rf"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?\(\s*(?:{_LITERAL}(?:\s*,\s*{_LITERAL})*)?\s*\)"
+)
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|DSN|URL|CREDENTIAL", re.IGNORECASE)
 
 
@@ -100,6 +107,15 @@ class Settings(BaseSettings):
     spawning_timeout_sec: PositiveSec = 600
     gpu_idle_timeout_sec: PositiveSec = 300
     task_stuck_timeout_sec: PositiveSec = 3600
+    # per task type (`fnmatch` patterns, first match wins; 0: never judged stuck):
+    # the app's orchestrator tasks wait hours for their children
+    task_stuck_timeout_by_type: Annotated[tuple[tuple[str, float], ...], NoDecode] = (
+        ("*_orchestrator", 0.0),
+    )
+    # demand: queued tasks of these types (unset: the tasks' `run_type` 'gpu'), or
+    # what this SQL function answers, e.g. `count_eligible_tasks_service_role(false, 'gpu')`
+    gpu_task_types: Annotated[tuple[str, ...], NoDecode] = ()
+    demand_sql_function: str | None = None
     graceful_shutdown_timeout_sec: PositiveSec = 600
     max_task_attempts: Annotated[int, Field(ge=1)] = 3
 
@@ -125,6 +141,9 @@ class Settings(BaseSettings):
     # a pod missing from every list this long, of a worker silent this long, vanished
     pod_missing_sec: PositiveSec = 60
     action_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    # observe and decide every cycle, write nothing, mutate no pod: what it would do
+    # is logged and shown (beside the system we replace, before switching over)
+    shadow: bool = False
     # HTTP endpoints (/livez, /readyz, /metrics, /status); Railway injects PORT
     port: Annotated[int, Field(ge=0, le=65535)] | None = None
     log_format: Literal["json", "console"] | None = None
@@ -155,6 +174,11 @@ class Settings(BaseSettings):
     system_logs_retention_days: PositiveSec = 14
     # extra pod environment, `KEY=VALUE,KEY=VALUE`
     runpod_worker_env: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # the arguments the image's entrypoint is started with (Runpod's `args`)
+    runpod_worker_args: str | None = None
+    # what pods run: our agent, or Headless-Wan2GP's worker.py (an adopted database),
+    # which reads SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY and WORKER_ID
+    worker_kind: Literal["agent", "headless-wan2gp"] = "agent"
 
     @model_validator(mode="before")
     @classmethod
@@ -166,7 +190,14 @@ class Settings(BaseSettings):
                     continue
                 if key.lower() == "runpod_worker_env":
                     data[key] = _parse_pairs(value)
-                elif key.lower() in ("runpod_gpu_types", "runpod_data_center_ids", "runpod_ports"):
+                elif key.lower() == "task_stuck_timeout_by_type":
+                    data[key] = _parse_limits(value)
+                elif key.lower() in (
+                    "runpod_gpu_types",
+                    "runpod_data_center_ids",
+                    "runpod_ports",
+                    "gpu_task_types",
+                ):
                     data[key] = tuple(filter(None, (part.strip() for part in value.split(","))))
         return data
 
@@ -188,6 +219,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
+        call = self.demand_sql_function
+        if call is not None and not DEMAND_CALL.fullmatch(call):
+            raise ValueError(
+                f"DEMAND_SQL_FUNCTION={call!r}: expected a function call with literal "
+                "arguments, e.g. count_eligible_tasks_service_role(false, 'gpu')"
+            )
+        if self.worker_kind == "headless-wan2gp" and (
+            self.supabase_url is None or self.supabase_service_role_key is None
+        ):
+            raise ValueError(
+                "WORKER_KIND=headless-wan2gp: its pods need SUPABASE_URL and "
+                "SUPABASE_SERVICE_ROLE_KEY (worker.py heartbeats and claims through Supabase)"
+            )
         url = self.alert_webhook_url
         if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
             raise ValueError("ALERT_WEBHOOK_URL=<hidden>: must be an http(s) URL")
@@ -283,6 +327,8 @@ class Settings(BaseSettings):
             "image": self.runpod_worker_image,
             "template": self.runpod_template_id,
             "command": self.local_worker_command,
+            "args": self.runpod_worker_args,
+            "worker_kind": self.worker_kind,
             "task_command": self.worker_task_command,
             "offerings": self.offerings,
             "env": env,
@@ -309,6 +355,9 @@ class Settings(BaseSettings):
         centers = self.runpod_data_center_ids or ("any",)
         return tuple(f"{gpu}@{dc}" for gpu in types for dc in centers)
 
+    def demand(self) -> Demand:
+        return Demand(self.gpu_task_types, self.demand_sql_function)
+
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
             min_active_gpus=self.min_active_gpus,
@@ -321,6 +370,7 @@ class Settings(BaseSettings):
             spawning_timeout_sec=self.spawning_timeout_sec,
             gpu_idle_timeout_sec=self.gpu_idle_timeout_sec,
             task_stuck_timeout_sec=self.task_stuck_timeout_sec,
+            task_stuck_timeout_by_type=self.task_stuck_timeout_by_type,
             graceful_shutdown_timeout_sec=self.graceful_shutdown_timeout_sec,
             max_task_attempts=self.max_task_attempts,
             max_worker_failure_rate=self.max_worker_failure_rate,
@@ -368,12 +418,27 @@ def setting_name(raw: str) -> str:
     raise SettingsError(f"{name} is not a setting{hint}")
 
 
-def _parse_pairs(raw: str) -> dict[str, str]:
+def _parse_limits(raw: str) -> tuple[tuple[str, float], ...]:
+    limits = []
+    for pattern, value in _parse_pairs(raw, "TASK_STUCK_TIMEOUT_BY_TYPE").items():
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(
+                f"TASK_STUCK_TIMEOUT_BY_TYPE: {pattern}={value!r}: expected seconds (0: never)"
+            )
+        limits.append((pattern, seconds))
+    return tuple(limits)
+
+
+def _parse_pairs(raw: str, name: str = "RUNPOD_WORKER_ENV") -> dict[str, str]:
     pairs: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"RUNPOD_WORKER_ENV={raw!r}: expected KEY=VALUE[,KEY=VALUE...]")
+            raise ValueError(f"{name}={raw!r}: expected KEY=VALUE[,KEY=VALUE...]")
         pairs[key.strip()] = value
     return pairs
 

@@ -54,7 +54,7 @@ class ActionResult:
     task_id: str | None
     # done | lost_race (someone moved first) | skipped (stopping, or the lease was
     # lost) | unresolved (a create whose answer was lost: its row waits for the pod)
-    # | error
+    # | error | shadow (decided by a shadow orchestrator, not carried out)
     outcome: str
     error: str | None = None
     error_kind: str | None = None  # the error's class, e.g. BalanceError (for alerts)
@@ -458,6 +458,11 @@ def _launch_outcome(exc: OrchestratorError) -> Reason:
     if isinstance(exc, BalanceError):
         return Reason.BILLING_HOLD
     return Reason.SPAWN_FAILED
+
+
+def would_do(action: Action) -> ActionResult:
+    """An action a shadow orchestrator decided and did not carry out."""
+    return _result(action, "shadow")
 
 
 def _result(

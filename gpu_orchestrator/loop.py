@@ -24,7 +24,7 @@ import structlog
 
 from .config import cycle_budget, lease_margin
 from .errors import LeaseLost, OrchestratorError
-from .executor import ActionResult, Executor
+from .executor import ActionResult, Executor, would_do
 from .models import Plan, PolicyConfig, Snapshot
 from .policy import decide
 from .store.base import Fence, OrchestratorStore
@@ -43,7 +43,7 @@ class CycleReport:
     # ok | retry (could not observe, timed out, failed) | skipped (not leader, or the
     # lease was lost during the cycle)
     outcome: str
-    reason: str | None
+    reason: str | None  # for `ok`: None, or "shadow" (decided, nothing done)
     duration_ms: float
     snapshot: Snapshot | None = None
     plan: Plan | None = None
@@ -102,6 +102,7 @@ class Orchestrator:
         lease_sec: float,
         cycle_timeout_sec: float,
         log_retention_sec: float = 14 * 86400,
+        shadow: bool = False,
     ) -> None:
         self._store = store
         self._executor = executor
@@ -113,6 +114,7 @@ class Orchestrator:
         self.failing_cycles = 0  # consecutive cycles that ended in `retry`
         self._log_retention_sec = log_retention_sec
         self._maintained_at: float | None = None  # monotonic; None: not yet in this process
+        self.shadow = shadow
 
     @property
     def executor(self) -> Executor:
@@ -144,6 +146,8 @@ class Orchestrator:
         return report
 
     async def _cycle(self, cycle_id: str, stop: asyncio.Event) -> CycleReport:
+        if self.shadow:
+            return await self._shadow_cycle(cycle_id)
         asked = time.monotonic()  # the lease's term starts after this, by any clock
         lease = await self._store.acquire_lease(LEASE_NAME, self._holder, self._lease_sec)
         if not lease.leader:
@@ -159,6 +163,15 @@ class Orchestrator:
         results = await self._executor.apply(plan, snapshot, stop, fence)
         await self._maintain(fence)
         return CycleReport(cycle_id, "ok", None, 0.0, snapshot, plan, tuple(results))
+
+    async def _shadow_cycle(self, cycle_id: str) -> CycleReport:
+        """Observe and decide only: no lease (taking it is a write), no recorded
+        observation, no action; the plan's actions are reported as `shadow`."""
+        snapshot = await self._store.observe(self._policy.horizon_sec, self._policy.queue_cap)
+        snapshot = replace(snapshot, pods=await self._executor.list_pods())
+        plan = decide(snapshot, self._policy)
+        results = tuple(would_do(action) for action in plan.actions)
+        return CycleReport(cycle_id, "ok", "shadow", 0.0, snapshot, plan, results)
 
     async def _maintain(self, fence: Fence) -> None:
         """Upkeep at most every `MAINTENANCE_EVERY_SEC` (idempotent: a restart that
@@ -224,7 +237,7 @@ def _one_line(report: CycleReport) -> str:
         key = f"{r.kind.value}({r.reason.value}){'' if r.outcome == 'done' else ':' + r.outcome}"
         acts[key] = acts.get(key, 0) + 1
     breaker = report.plan.breaker.state.value if report.plan.breaker else "-"
-    return (
+    return ("shadow, nothing done: " if report.reason == "shadow" else "") + (
         f"{report.duration_ms:.0f} ms; workers: {workers or 'none'}; "
         f"queued {report.snapshot.queue.queued}; breaker {breaker}; actions: "
         + (" ".join(f"{k}x{n}" for k, n in sorted(acts.items())) or "none")

@@ -7,6 +7,7 @@ database server's time at observation.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -209,6 +210,7 @@ class TaskHold:
     worker_id: str | None  # None: claimed by nobody we know (corrupt or legacy row)
     started_at: datetime | None  # `generation_started_at` (claim time)
     attempts: int
+    task_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
@@ -285,6 +287,9 @@ class Snapshot:
     # the end of the latest recorded spell during which nobody could read the
     # database: workers could not heartbeat either, so silence before it is not theirs
     blind_until: datetime | None = None
+    # an adopted Headless-Wan2GP / Reigh database: pods named as the old orchestrator
+    # named them (`{prefix}-YYYYMMDD_HHMMSS-xxxxxxxx`) are ours too
+    adopted: bool = False
 
     def holds_by_worker(self) -> dict[str, list[TaskHold]]:
         out: dict[str, list[TaskHold]] = {}
@@ -308,6 +313,9 @@ class PolicyConfig:
     spawning_timeout_sec: float = 600.0
     gpu_idle_timeout_sec: float = 300.0
     task_stuck_timeout_sec: float = 3600.0
+    # (task type pattern, seconds), first match wins; 0: never judged stuck (e.g.
+    # `*_orchestrator` tasks wait hours for their children)
+    task_stuck_timeout_by_type: tuple[tuple[str, float], ...] = ()
     graceful_shutdown_timeout_sec: float = 600.0
     max_task_attempts: int = 3
     max_worker_failure_rate: float = 0.8
@@ -330,6 +338,14 @@ class PolicyConfig:
     # a gap between two contacts with the database longer than two whole cycles
     # (each its budget, then a poll) is a blind spell
     observation_gap_sec: float = 180.0
+
+    def stuck_after_sec(self, task_type: str | None) -> float | None:
+        """How long a task of this type may run before its worker is judged stuck
+        (None: never)."""
+        for pattern, seconds in self.task_stuck_timeout_by_type:
+            if task_type is not None and fnmatch.fnmatchcase(task_type, pattern):
+                return seconds or None
+        return self.task_stuck_timeout_sec
 
     @property
     def queue_cap(self) -> int:

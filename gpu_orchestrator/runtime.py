@@ -4,6 +4,8 @@ executor and the loop."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -16,7 +18,14 @@ from .providers.base import Provider, worker_environment
 from .providers.local import LocalProvider
 from .providers.runpod import RunpodProvider
 from .store.embedded import embedded_dsn
-from .store.migrate import apply_migrations, migration_files
+from .store.migrate import (
+    ADOPTED,
+    NATIVE,
+    Inspection,
+    apply_migrations,
+    inspect_database,
+    migration_files,
+)
 from .store.postgres import PostgresStore, uses_transaction_pooler
 from .store.supabase import SupabaseStore
 
@@ -42,8 +51,8 @@ async def resolve_dsn(settings: Settings) -> str:
     return await embedded_dsn(settings.orchestrator_data_dir, keep=settings.embedded_postgres_keep)
 
 
-async def migrate(dsn: str) -> list[str]:
-    """Applies pending migrations; returns the versions applied now."""
+@contextlib.asynccontextmanager
+async def _migration_connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     try:
         cache = 0 if uses_transaction_pooler(dsn) else 100
         conn = await asyncpg.connect(dsn, timeout=10, statement_cache_size=cache)
@@ -52,9 +61,21 @@ async def migrate(dsn: str) -> list[str]:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise StoreError(f"cannot connect to the database: {exc}") from exc
     try:
-        return await apply_migrations(conn)
+        yield conn
     finally:
         await conn.close()
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Applies pending migrations; returns the versions applied now."""
+    async with _migration_connection(dsn) as conn:
+        return await apply_migrations(conn)
+
+
+async def inspect(dsn: str) -> Inspection:
+    """What `migrate` would find and do here; changes nothing."""
+    async with _migration_connection(dsn) as conn:
+        return await inspect_database(conn)
 
 
 async def connect_store(settings: Settings, max_size: int = 1) -> Store:
@@ -62,7 +83,9 @@ async def connect_store(settings: Settings, max_size: int = 1) -> Store:
     things must not migrate silently); the REST store checks the schema."""
     if settings.store_kind == "supabase":
         return await connect_rest_store(settings)
-    return await PostgresStore.connect(await resolve_dsn(settings), max_size=max_size)
+    return await PostgresStore.connect(
+        await resolve_dsn(settings), max_size=max_size, demand=settings.demand()
+    )
 
 
 async def connect_rest_store(settings: Settings) -> SupabaseStore:
@@ -74,17 +97,24 @@ async def connect_rest_store(settings: Settings) -> SupabaseStore:
             "SUPABASE_SERVICE_ROLE_KEY is unset: the orchestrator's REST store needs it "
             "(SUPABASE_WORKER_KEY is for workers)"
         )
-    store = await SupabaseStore.connect(url, key.get_secret_value())
+    store = await SupabaseStore.connect(url, key.get_secret_value(), demand=settings.demand())
+    layout, applied = NATIVE, set[str]()
     try:
         applied = set(await store.schema_version())
     except SchemaMissing:
-        applied = set()
-    pending = [version for version, _ in migration_files() if version not in applied]
+        store.use_adopted_schema()  # an adopted database keeps ours in `orchestrator`
+        try:
+            layout, applied = ADOPTED, set(await store.schema_version())
+        except SchemaMissing:
+            store.use_native_schema()
+    pending = [version for version, _ in migration_files(layout) if version not in applied]
     if pending:
         await store.close()
         raise SettingsError(
             f"SUPABASE_URL={url}: the database lacks migrations {', '.join(pending)}: "
             + _MIGRATE_ADVICE
+            + " (on an adopted Headless-Wan2GP / Reigh database: migrate --print-sql "
+            "--adopted, and expose schema `orchestrator` under Settings > API > Exposed schemas)"
         )
     return store
 
@@ -115,19 +145,23 @@ async def open_runtime(
     provider: Provider | None = None,
     migrated: bool = True,
 ) -> Runtime:
-    """Connects, migrates (`migrated`; never over REST, which is checked instead)
-    and wires everything; the caller closes it."""
+    """Connects, migrates (`migrated`; never over REST, which is checked instead,
+    nor in shadow mode, which writes nothing) and wires everything; the caller
+    closes it."""
     store: Store
     if dsn is None and settings.store_kind == "supabase":
         store = await connect_rest_store(settings)
     else:
         dsn = dsn or await resolve_dsn(settings)
-        if migrated:
+        if migrated and not settings.shadow:
             await migrate(dsn)
-        store = await PostgresStore.connect(dsn, max_size=settings.action_concurrency + 2)
+        store = await PostgresStore.connect(
+            dsn, max_size=settings.action_concurrency + 2, demand=settings.demand()
+        )
     provider = provider or build_provider(settings)
-    # The attempts limit lives in the database, so no worker can pass its own.
-    await store.set_setting("max_task_attempts", settings.max_task_attempts)
+    if not settings.shadow:
+        # The attempts limit lives in the database, so no worker can pass its own.
+        await store.set_setting("max_task_attempts", settings.max_task_attempts)
     executor = Executor(
         store,
         provider,
@@ -146,5 +180,6 @@ async def open_runtime(
         lease_sec=settings.leader_lease_sec,
         cycle_timeout_sec=settings.cycle_timeout_sec,
         log_retention_sec=settings.system_logs_retention_days * 86400,
+        shadow=settings.shadow,
     )
     return Runtime(settings, dsn, store, provider, orchestrator)

@@ -2,10 +2,12 @@
 does for `supabase.rpc(fn, params)`, for the REST store's tests.
 
 `POST /rest/v1/rpc/{fn}` with a JSON object of named arguments, authenticated by
-a bearer key mapped to a database role, run in one transaction under `SET LOCAL
-ROLE` and Supabase's API `statement_timeout` (8 s). The answer is the function's
-result as JSON (a set-returning function: an array of rows; void: null). Errors
-are PostgREST's error JSON (`code`, `message`, `details`, `hint`) with its HTTP
+a bearer key (or, as Headless-Wan2GP's heartbeat sends it, an `apikey` header
+alone) mapped to a database role, run in one transaction under `SET LOCAL ROLE`
+with the key's claims in `request.jwt.claims`, and Supabase's API
+`statement_timeout` (8 s). The answer is the function's result as JSON (a
+set-returning function: an array of rows; void: null). Errors are PostgREST's
+error JSON (`code`, `message`, `details`, `hint`) with its HTTP
 status mapping: an unknown function or argument list is 404 `PGRST202`, an
 unknown key 401 `PGRST301`, `42501` 401 for anon and 403 otherwise, `P0001` 400,
 `23505`/`23503` 409, `42883` 404, `08*` 503, the classes PostgREST answers 500,
@@ -51,7 +53,9 @@ def _status(sqlstate: str, role: str) -> int:
 class FakePostgrest:
     dsn: str
     keys: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_KEYS))
-    schema: str = "public"
+    # the Data API's exposed schemas; a request picks one with `Content-Profile`
+    # (supabase-py's `.schema(name)`), else the first
+    schemas: tuple[str, ...] = ("public",)
     statement_timeout: str = "8s"
     calls: list[tuple[str, str]] = field(default_factory=list)  # (role, function)
     _pool: asyncpg.Pool | None = None
@@ -104,24 +108,35 @@ class FakePostgrest:
         if not isinstance(args, dict):
             return _error(400, "PGRST102", "the body must be a JSON object of named arguments")
         fn = path.removeprefix(prefix)
+        schema = headers.get("content-profile", self.schemas[0])
+        if schema not in self.schemas:
+            return _error(
+                406,
+                "PGRST106",
+                f"The schema must be one of the following: {', '.join(self.schemas)}",
+            )
         self.calls.append((role, fn))
         assert self._pool is not None
         async with self._pool.acquire() as conn:
-            target = await self._resolve(conn, fn, set(args))
+            target = await self._resolve(conn, schema, fn, set(args))
             if target is None:
                 signature = ", ".join(sorted(args))
                 return _error(
                     404,
                     "PGRST202",
-                    f"Could not find the function {self.schema}.{fn}({signature}) in the schema "
-                    "cache",
+                    f"Could not find the function {schema}.{fn}({signature}) in the schema cache",
                     hint="If a new function was created in the database with this name and "
                     "parameters, try reloading the schema cache.",
                 )
-            sql, params = _call_sql(self.schema, fn, target, args)
+            sql, params = _call_sql(schema, fn, target, args)
             try:
                 async with conn.transaction():
                     await conn.execute(f'set local role "{role}"')
+                    # PostgREST hands the key's claims to SQL (`auth.role()` reads them)
+                    await conn.execute(
+                        "select set_config('request.jwt.claims', $1, true)",
+                        json.dumps({"role": role}),
+                    )
                     await conn.execute(f"set local statement_timeout = '{self.statement_timeout}'")
                     result = await conn.fetchval(sql, *params)
             except asyncpg.PostgresError as exc:
@@ -137,7 +152,7 @@ class FakePostgrest:
         return 200, "null" if result is None else result
 
     async def _resolve(
-        self, conn: asyncpg.Connection, fn: str, given: set[str]
+        self, conn: asyncpg.Connection, schema: str, fn: str, given: set[str]
     ) -> dict[str, Any] | None:
         """The overload whose named arguments cover `given` and whose required ones
         are all given, as PostgREST picks it."""
@@ -147,7 +162,7 @@ class FakePostgrest:
                       array(select t::regtype::text from unnest(p.proargtypes) t) as types
                from pg_proc p join pg_namespace n on n.oid = p.pronamespace
                where n.nspname = $1 and p.proname = $2""",
-            self.schema,
+            schema,
             fn,
         )
         for row in rows:

@@ -573,6 +573,27 @@ class FakeRunpod:
         self.pods[pod_id].forced_status = status
         self._refresh(self.pods[pod_id])
 
+    def add_existing_pod(self, shown: Mapping[str, Any]) -> FakePod:
+        """A pod someone else created (the system we replace), as `GET /pods`
+        showed it: it keeps that status until told otherwise."""
+        gpu = shown.get("gpu") or {}
+        request = {k: shown[k] for k in ("name", "image", "args", "env", "ports") if k in shown}
+        pod = FakePod(
+            id=shown["id"],
+            name=shown["name"],
+            request=request | {"gpu": gpu},
+            created_at=self.now(),
+            gpu_id=gpu.get("id"),
+            gpu_count=gpu.get("count", 1),
+            cloud=shown.get("cloud", "SECURE"),
+            data_center_id=shown.get("dataCenterId", "EU-RO-1"),
+            price=self.gpu_prices.get(gpu.get("id"), self.default_price),
+            forced_status=shown["status"],
+        )
+        self.pods[pod.id] = pod
+        self._refresh(pod)
+        return pod
+
     def add_template(self, template_id: str, **settings: Any) -> None:
         """Register a pod template (`image`, `env`, `ports`, `disk`, ...) for `templateId`."""
         self.templates[template_id] = settings

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 import gpu_orchestrator
-from gpu_orchestrator.models import Reason, WorkerStatus
+from gpu_orchestrator.models import WorkerStatus
 from gpu_orchestrator.store.migrate import (
     _LOCK_ID,
     apply_migrations,
@@ -162,105 +162,6 @@ async def test_no_function_of_ours_claims_to_be_immutable(dsn: str) -> None:
     finally:
         await conn.close()
     assert [r["proname"] for r in immutable] == []
-
-
-LEGACY_SCHEMA = """
-create type task_status as enum ('Queued', 'In Progress', 'Complete', 'Failed', 'Cancelled');
-create table tasks (
-    id uuid primary key default gen_random_uuid(),
-    task_type text,
-    params jsonb,
-    status task_status default 'Queued',
-    created_at timestamptz default now()
-);
-create table workers (
-    id text primary key,
-    status text,
-    last_heartbeat timestamptz,
-    metadata jsonb default '{}',
-    created_at timestamptz default now()
-);
-insert into workers (id, status, last_heartbeat)
-    values ('legacy-1', 'inactive', now() - interval '3 days');
-create function func_claim_available_task(worker_id_param text) returns jsonb
-language sql as $$ select '{"legacy": true}'::jsonb $$;
-insert into tasks (task_type, params, created_at) values
-    ('travel', '{"n": 1}', now() - interval '3 minutes'),
-    ('travel', '{"n": 2}', now() - interval '2 minutes'),
-    ('travel', '{"n": 3}', now() - interval '1 minute');
-insert into tasks (task_type, params, status) values ('travel', '{"n": 0}', 'Complete');
-"""
-
-
-async def test_migrating_a_headless_wan2gp_database_keeps_its_rows_and_works_with_the_enum(
-    empty_dsn: str,
-) -> None:
-    conn = await asyncpg.connect(empty_dsn)
-    store: PostgresStore | None = None
-    try:
-        await conn.execute(LEGACY_SCHEMA)
-        before = await conn.fetch("select id, status::text from tasks order by created_at")
-
-        assert await apply_migrations(conn) == ALL_VERSIONS
-
-        after = await conn.fetch("select id, status::text from tasks order by created_at")
-        assert [tuple(r) for r in after] == [tuple(r) for r in before]
-        assert (
-            await conn.fetchval(
-                "select format_type(atttypid, atttypmod) from pg_attribute "
-                "where attrelid = 'tasks'::regclass and attname = 'status'"
-            )
-            == "task_status"
-        )
-        assert await conn.fetchval("select status from workers where id = 'legacy-1'") == "inactive"
-        overloads = await conn.fetch(
-            "select pg_get_function_result(oid) as result from pg_proc "
-            "where proname = 'func_claim_available_task'"
-        )
-        assert len(overloads) == 1 and overloads[0]["result"] != "jsonb"
-
-        store = await PostgresStore.connect(empty_dsn, max_size=2)
-        await store.create_worker("gpu-1", "local", {"reason": "queue_demand"}, fence=None)
-        assert (await store.heartbeat("gpu-1", [], None))["success"] is True
-
-        first = await store.claim_task("gpu-1")
-        assert first is not None and first["params"] == {"n": 1}
-        assert await store.complete_task(first["id"], "gpu-1", {"output_location": "s3://x"})
-
-        second = await store.claim_task("gpu-1")
-        assert second is not None and second["params"] == {"n": 2}
-        assert await store.fail_task(second["id"], "gpu-1", "oom", max_attempts=3)
-
-        # The failed task is queued again and, being the oldest, claimed next.
-        again = await store.claim_task("gpu-1")
-        assert again is not None and again["id"] == second["id"] and again["attempts"] == 1
-        requeued = await store.release_tasks("gpu-1", None, 3, "worker lost", fence=None)
-        assert requeued.requeued == (second["id"],) and requeued.failed == ()
-
-        again = await store.claim_task("gpu-1")
-        assert again is not None and again["id"] == second["id"]
-        dead = await store.release_tasks("gpu-1", None, 3, "worker lost again", fence=None)
-        assert dead.failed == (second["id"],) and dead.requeued == ()
-
-        statuses = dict(
-            (str(r["id"]), r["status"])
-            for r in await conn.fetch("select id, status::text from tasks")
-        )
-        assert statuses[first["id"]] == "Complete"
-        assert statuses[second["id"]] == "Failed"
-        assert sorted(statuses.values()) == ["Complete", "Complete", "Failed", "Queued"]
-
-        snapshot = await store.observe()
-        assert [w.id for w in snapshot.workers] == ["gpu-1"]
-        assert snapshot.workers[0].status is WorkerStatus.ACTIVE
-        assert snapshot.queue.queued == 1
-        assert await store.transition_worker(
-            "gpu-1", WorkerStatus.TERMINATING, Reason.SCALED_DOWN, fence=None
-        )
-    finally:
-        if store is not None:
-            await store.close()
-        await conn.close()
 
 
 @pytest.mark.parametrize(

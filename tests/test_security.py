@@ -123,13 +123,11 @@ async def test_grants_are_reapplied_on_every_migrate(conn) -> None:
     """A dashboard click (or Supabase's default privileges) that re-grants anon is
     undone by the next migrate."""
     await conn.execute("grant select on tasks to anon")
-    await conn.execute("grant execute on function orch_snapshot(double precision, integer) to anon")
+    snapshot = "orch_snapshot(double precision, integer, text[], text)"
+    await conn.execute(f"grant execute on function {snapshot} to anon")
     assert await apply_migrations(conn) == []  # nothing new to apply
     assert not await conn.fetchval("select has_table_privilege('anon', 'tasks', 'SELECT')")
-    assert not await conn.fetchval(
-        "select has_function_privilege('anon', 'orch_snapshot(double precision, integer)',"
-        " 'EXECUTE')"
-    )
+    assert not await conn.fetchval("select has_function_privilege('anon', $1, 'EXECUTE')", snapshot)
 
 
 async def test_local_pods_get_their_own_credentials_only(tmp_path, monkeypatch) -> None:

@@ -28,6 +28,7 @@ from ..models import (
     WorkerStatus,
 )
 from ..policy import decide
+from ..policy.reconcile import launched_at
 
 log = structlog.get_logger()
 
@@ -124,7 +125,16 @@ class HealthReport:
             "recommended_action": self.action,
             "what_if": self.what_if,
             "breaker": breaker,
-            "workers": {"by_status": statuses, "healthy": healthy},
+            "workers": {
+                "by_status": statuses,
+                "healthy": healthy,
+                # rows with no pod (API workers, `external` rows, workstations): never
+                # failed for a missing pod, never billed, never terminated
+                "without_pod": [w.id for w in snap.workers if w.status is WorkerStatus.EXTERNAL],
+            },
+            "database": "adopted" if snap.adopted else "native",
+            # shadow: decided every cycle, nothing done (`next_cycle.actions`: what it would do)
+            "shadow": self.settings.shadow,
             "queue": {
                 "queued": snap.queue.queued,
                 "in_progress": len(snap.holds),
@@ -145,6 +155,14 @@ class HealthReport:
                 "listed": snap.pods is not None,
                 # listed pods not named as ours: never touched, shown so they are seen
                 "foreign": list(plan.foreign_pods),
+                # on an adopted database: pods the old orchestrator named, now ours
+                "legacy": sorted(
+                    p.name
+                    for p in snap.pods or ()
+                    if snap.adopted
+                    and launched_at(p.name, cfg.name_prefix) is None
+                    and p.name not in plan.foreign_pods
+                ),
             },
             "billing_hold_since": _iso(plan.billing_hold_since),
             "controls": {
@@ -330,6 +348,10 @@ def render_text(report: HealthReport) -> str:
     if b["rate_ok_at"]:
         lines.append(f"  rate acceptable by {b['rate_ok_at']} if nothing new happens")
     healthy = doc["workers"]["healthy"]
+    if doc["shadow"]:
+        lines.append("SHADOW: decides, does nothing; the next cycle's actions are what it would do")
+    if doc["database"] == "adopted":
+        lines.append("database: an adopted Headless-Wan2GP / Reigh database")
     lines.append(f"healthy workers: {len(healthy)}")
     for w in healthy:
         lines.append(
@@ -340,6 +362,11 @@ def render_text(report: HealthReport) -> str:
         f"queue: {q['queued']} queued, {q['in_progress']} in progress, oldest queued "
         f"{q['oldest_queued_age_sec'] if q['oldest_queued_age_sec'] is not None else '-'} s ago"
     )
+    if doc["workers"]["without_pod"]:
+        lines.append(
+            "workers without a pod (not ours to manage, never terminated): "
+            + ", ".join(doc["workers"]["without_pod"])
+        )
     nxt = doc["next_cycle"]
     lines.append(
         f"next cycle: {len(nxt['actions'])} action(s), desired {nxt['desired_workers']}, "
@@ -362,6 +389,11 @@ def render_text(report: HealthReport) -> str:
         lines.append(
             f"foreign pods (not named as ours, never touched): {len(pods['foreign'])}: "
             + ", ".join(pods["foreign"])
+        )
+    if pods["legacy"]:
+        lines.append(
+            f"pods of the old orchestrator (adopted, managed as ours): {len(pods['legacy'])}: "
+            + ", ".join(pods["legacy"])
         )
     lines.append("levers: " + ", ".join(f"{k}={v}" for k, v in doc["levers"].items()))
     return "\n".join(lines)

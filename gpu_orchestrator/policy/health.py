@@ -48,6 +48,20 @@ def silence(worker: WorkerView, now: datetime, blind_until: datetime | None) -> 
     return _age(now, heard)
 
 
+def _stuck_task(
+    held: Sequence[TaskHold], now: datetime, cfg: PolicyConfig
+) -> tuple[float, float] | None:
+    """(seconds run, limit) of the held task furthest past its type's limit."""
+    worst: tuple[float, float] | None = None
+    for hold in held:
+        limit = cfg.stuck_after_sec(hold.task_type)
+        ran = _age(now, hold.started_at)
+        past = ran - limit if limit is not None else 0.0
+        if limit is not None and past > 0 and (worst is None or past > worst[0] - worst[1]):
+            worst = (ran, limit)
+    return worst
+
+
 def judge_worker(
     worker: WorkerView,
     held: Sequence[TaskHold],
@@ -109,13 +123,19 @@ def judge_worker(
             worker_id=worker.id,
             expect=Expected(status, worker.last_heartbeat, heartbeat_judged=True),
         )
-    longest = max((_age(now, h.started_at) for h in held), default=0.0)
-    if longest > cfg.task_stuck_timeout_sec:
+    stuck = _stuck_task(held, now, cfg)
+    if stuck is not None:
+        ran, limit = stuck
         return Action(
             ActionKind.FAIL,
             Reason.STUCK_TASK,
-            f"a task has run {longest:.0f}s "
-            f"(TASK_STUCK_TIMEOUT_SEC={cfg.task_stuck_timeout_sec:g})",
+            f"a task has run {ran:.0f}s ("
+            + (
+                f"TASK_STUCK_TIMEOUT_SEC={limit:g}"
+                if limit == cfg.task_stuck_timeout_sec
+                else f"{limit:g}s for its type: TASK_STUCK_TIMEOUT_BY_TYPE"
+            )
+            + ")",
             worker_id=worker.id,
             expect=Expected(status),
         )

@@ -38,18 +38,27 @@ from .health import silence
 
 _LIVE = (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE, WorkerStatus.TERMINATING)
 _POD_NAME = re.compile(r"(\d{14})-[0-9a-f]{8}")
+# The old orchestrator's (`gpu-20260410_100000-a1a1a1a1`), ours on an adopted
+# database. Its clock was the host's local time: read as UTC, the same as ours on
+# a platform like Railway.
+_LEGACY_POD_NAME = re.compile(r"(\d{8}_\d{6})-[0-9a-f]{8}")
 
 
-def launched_at(name: str, prefix: str) -> datetime | None:
-    """The launch time of a pod named as ours, `{prefix}-{yyyymmddHHMMSS}-{8 hex}`;
-    None for any other name (not ours)."""
+def launched_at(name: str, prefix: str, legacy: bool = False) -> datetime | None:
+    """The launch time of a pod named as ours, `{prefix}-{yyyymmddHHMMSS}-{8 hex}`
+    (or, with `legacy`, `{prefix}-{yyyymmdd_HHMMSS}-{8 hex}`); None for any other
+    name (not ours)."""
     if not name.startswith(f"{prefix}-"):
         return None
-    match = _POD_NAME.fullmatch(name[len(prefix) + 1 :])
+    rest = name[len(prefix) + 1 :]
+    match = _POD_NAME.fullmatch(rest)
+    layout = "%Y%m%d%H%M%S"
+    if match is None and legacy:
+        match, layout = _LEGACY_POD_NAME.fullmatch(rest), "%Y%m%d_%H%M%S"
     if match is None:
         return None
     try:
-        return datetime.strptime(match[1], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        return datetime.strptime(match[1], layout).replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -64,7 +73,7 @@ def foreign_pods(snapshot: Snapshot, cfg: PolicyConfig) -> tuple[str, ...]:
         sorted(
             pod.name
             for pod in snapshot.pods or ()
-            if launched_at(pod.name, cfg.name_prefix) is None
+            if launched_at(pod.name, cfg.name_prefix, snapshot.adopted) is None
         )
     )
 
@@ -117,7 +126,7 @@ def reconcile_actions(
     rows = {w.id for w in snapshot.workers}
     actions = []
     for pod in snapshot.pods:
-        launched = launched_at(pod.name, cfg.name_prefix)
+        launched = launched_at(pod.name, cfg.name_prefix, snapshot.adopted)
         if (
             launched is not None
             and pod.name not in rows

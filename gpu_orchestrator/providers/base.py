@@ -39,6 +39,8 @@ def worker_environment(settings: Settings, dsn: str | None, worker_id: str) -> d
     """The environment a pod's worker agent starts with. Secrets go here only: the
     database DSN, or on the REST path the worker key (never the service role key)."""
     env = dict(settings.runpod_worker_env)
+    if settings.worker_kind == "headless-wan2gp":
+        return env | _headless_wan2gp_environment(settings, worker_id)
     if dsn is not None:
         env["DATABASE_URL"] = dsn
     elif settings.supabase_url is not None and settings.supabase_worker_key is not None:
@@ -56,3 +58,16 @@ def worker_environment(settings: Settings, dsn: str | None, worker_id: str) -> d
     if settings.worker_task_command:
         env["WORKER_TASK_COMMAND"] = settings.worker_task_command
     return env
+
+
+def _headless_wan2gp_environment(settings: Settings, worker_id: str) -> dict[str, str]:
+    """What Headless-Wan2GP's worker.py reads (as the old orchestrator set it): it
+    heartbeats and claims through Supabase with the service role key, and is named
+    `--worker $WORKER_ID` by RUNPOD_WORKER_ARGS."""
+    url, key = settings.supabase_url, settings.supabase_service_role_key
+    assert url is not None and key is not None  # checked with the settings
+    return {
+        "WORKER_ID": worker_id,
+        "SUPABASE_URL": url,
+        "SUPABASE_SERVICE_ROLE_KEY": key.get_secret_value(),
+    }

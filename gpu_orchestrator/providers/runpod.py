@@ -186,6 +186,8 @@ class RunpodProvider:
             body["templateId"] = s.runpod_template_id
         if s.runpod_worker_image:
             body["image"] = s.runpod_worker_image
+        if s.runpod_worker_args:
+            body["args"] = s.runpod_worker_args
         if center and center != "any":
             body["dataCenterIds"] = [center]
         if s.runpod_ports:

@@ -28,6 +28,19 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Demand:
+    """How the snapshot counts demand (`GPU_TASK_TYPES`, `DEMAND_SQL_FUNCTION`):
+    queued tasks of these types (empty: of `run_type` 'gpu'), or what this SQL
+    function answers (e.g. the app's count of the tasks it would hand out)."""
+
+    gpu_task_types: tuple[str, ...] = ()
+    sql_function: str | None = None
+
+    def params(self) -> tuple[list[str] | None, str | None]:
+        return list(self.gpu_task_types) or None, self.sql_function
+
+
+@dataclass(frozen=True)
 class Fence:
     """The lease a leader's writes are checked against. The database refuses a
     write whose epoch is no longer held; `check` refuses, before a provider call,

@@ -13,16 +13,22 @@
 --   a definer with `set search_path` costs a configuration change per call, too
 --   much inside the claim;
 -- - the migrating role owns everything and keeps every right.
--- Tables of an adopted Headless-Wan2GP / Reigh database (`tasks`, `workers`,
--- `system_logs` there belong to the app) keep their own RLS and grants.
+-- Tables of a Headless-Wan2GP / Reigh database (`tasks`, `workers`, `system_logs`
+-- there belong to the app) keep their own RLS and grants. Adopted, everything of
+-- ours is in schema `orchestrator`, closed to all but `service_role`; its adapter
+-- views over the app's rows are revoked like our tables.
 do $$
 declare
     here constant text := current_schema();
     worker_api constant text[] := array[
         'func_claim_available_task', 'func_worker_heartbeat_with_logs',
         'func_mark_task_complete', 'func_mark_task_failed', 'func_tasks_held_by'];
+    -- (the adapter's per-row helpers must stay inlinable: invoker, no settings)
     helpers constant text[] := array[
-        'orch_check_lease', 'orch_task_attempts_limit', 'orch_try_timestamptz'];
+        'orch_check_lease', 'orch_task_attempts_limit', 'orch_try_timestamptz',
+        'orch_adopted_at', 'orch_legacy_has_pod', 'orch_legacy_status',
+        'orch_legacy_row_status', 'orch_mirror_status', 'orch_own_worker'];
+    adopted constant boolean := to_regclass(format('%I.worker_state', current_schema())) is not null;
     legacy constant boolean := exists (select 1 from pg_type where typname = 'task_status')
         or exists (select 1 from information_schema.columns
                    where table_schema = current_schema() and table_name = 'workers'
@@ -42,12 +48,27 @@ begin
                          'granted to service_role only';
         end;
     end if;
-    if not legacy then
+    if adopted then
+        tables := tables || array['worker_state', 'task_state'];
+    elsif not legacy then
         tables := tables || array['tasks', 'workers', 'system_logs'];
     end if;
     for who in select rolname from pg_roles where rolname in ('anon', 'authenticated') loop
         outsiders := outsiders || who;
     end loop;
+
+    if adopted then
+        execute format('revoke all on schema %I from public', here);
+        foreach tbl in array array['workers', 'tasks', 'system_logs'] loop
+            execute format('revoke all on table %I.%I from public', here, tbl);
+            foreach who in array outsiders loop
+                execute format('revoke all on table %I.%I from %I', here, tbl, who);
+            end loop;
+        end loop;
+        if exists (select 1 from pg_roles where rolname = 'service_role') then
+            execute format('grant usage on schema %I to service_role', here);
+        end if;
+    end if;
 
     foreach tbl in array tables loop
         execute format('alter table %I.%I enable row level security', here, tbl);

@@ -15,7 +15,8 @@ import orjson
 
 from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
-from .base import Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
+from .base import Demand, Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
+from .migrate import ADOPTED
 from .snapshot import parse_snapshot
 
 # Errors that mean "the store could not be reached or answered", translated at
@@ -85,12 +86,27 @@ async def create_pool(dsn: str, max_size: int = 10, timeout: float = 10.0) -> as
 class PostgresStore:
     """Implements `OrchestratorStore` and `WorkerStore` (see `base`)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, namespace: str = "", demand: Demand = Demand()) -> None:
         self._pool = pool
+        self._demand = demand
+        # How our functions are named: `orchestrator.` on an adopted database (see
+        # store/migrate.py), where nothing of ours is in the app's schema.
+        self._ns = namespace
 
     @classmethod
-    async def connect(cls, dsn: str, max_size: int = 10) -> PostgresStore:
-        return cls(await create_pool(dsn, max_size=max_size))
+    async def connect(
+        cls, dsn: str, max_size: int = 10, demand: Demand = Demand()
+    ) -> PostgresStore:
+        pool = await create_pool(dsn, max_size=max_size)
+        async with _translated("connect"):
+            adopted = await pool.fetchval(
+                "select to_regclass($1) is not null", f"{ADOPTED.schema}.orchestrator_migrations"
+            )
+        return cls(pool, ADOPTED.prefix if adopted else "", demand)
+
+    @property
+    def adopted(self) -> bool:
+        return bool(self._ns)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -99,6 +115,10 @@ class PostgresStore:
     async def _val(self, operation: str, sql: str, *args: Any) -> Any:
         async with _translated(operation):
             return await self._pool.fetchval(sql, *args)
+
+    async def _call(self, operation: str, call: str, *args: Any) -> Any:
+        """`select` one of our functions: `call` is e.g. `orch_snapshot($1, $2)`."""
+        return await self._val(operation, f"select {self._ns}{call}", *args)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -111,15 +131,21 @@ class PostgresStore:
     # orchestrator ---------------------------------------------------------
 
     async def observe(self, horizon_sec: float = 1800.0, queue_cap: int | None = None) -> Snapshot:
-        doc = await self._val("observe", "select orch_snapshot($1, $2)", horizon_sec, queue_cap)
+        doc = await self._call(
+            "observe",
+            "orch_snapshot($1, $2, $3, $4)",
+            horizon_sec,
+            queue_cap,
+            *self._demand.params(),
+        )
         return parse_snapshot(doc, horizon_sec, queue_cap)
 
     async def create_worker(
         self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
     ) -> None:
-        await self._val(
+        await self._call(
             "create_worker",
-            "select orch_create_worker($1, $2, $3, $4, $5)",
+            "orch_create_worker($1, $2, $3, $4, $5)",
             *_lease(fence),
             worker_id,
             provider,
@@ -136,9 +162,9 @@ class PostgresStore:
         adopted: bool = False,
     ) -> bool:
         return bool(
-            await self._val(
+            await self._call(
                 "record_pod",
-                "select orch_record_pod($1, $2, $3, $4, $5, $6)",
+                "orch_record_pod($1, $2, $3, $4, $5, $6)",
                 *_lease(fence),
                 worker_id,
                 pod_id,
@@ -150,9 +176,9 @@ class PostgresStore:
     async def record_pod_sightings(
         self, missing: Sequence[str], seen: Sequence[str], *, fence: Fence | None
     ) -> None:
-        await self._val(
+        await self._call(
             "record_pod_sightings",
-            "select orch_record_pod_sightings($1, $2, $3, $4)",
+            "orch_record_pod_sightings($1, $2, $3, $4)",
             *_lease(fence),
             list(missing),
             list(seen),
@@ -171,9 +197,9 @@ class PostgresStore:
     ) -> bool:
         sources = sources_of(to) if expect is None else (expect.status.value,)
         return bool(
-            await self._val(
+            await self._call(
                 "transition_worker",
-                "select orch_transition_worker($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "orch_transition_worker($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 *_lease(fence),
                 worker_id,
                 list(sources),
@@ -188,8 +214,11 @@ class PostgresStore:
         )
 
     async def mark_released(self, worker_id: str, *, fence: Fence | None) -> None:
-        await self._val(
-            "mark_released", "select orch_mark_released($1, $2, $3)", *_lease(fence), worker_id
+        await self._call(
+            "mark_released",
+            "orch_mark_released($1, $2, $3)",
+            *_lease(fence),
+            worker_id,
         )
 
     async def release_tasks(
@@ -202,9 +231,9 @@ class PostgresStore:
         fence: Fence | None,
         holder_died: bool = False,
     ) -> ReleasedTasks:
-        out = await self._val(
+        out = await self._call(
             "release_tasks",
-            "select orch_release_tasks($1, $2, $3, $4::uuid, $5, $6, $7)",
+            "orch_release_tasks($1, $2, $3, $4::uuid, $5, $6, $7)",
             *_lease(fence),
             worker_id,
             task_id,
@@ -223,9 +252,9 @@ class PostgresStore:
         *,
         fence: Fence | None,
     ) -> None:
-        await self._val(
+        await self._call(
             "record_event",
-            "select orch_record_event($1, $2, $3, $4, $5, $6)",
+            "orch_record_event($1, $2, $3, $4, $5, $6)",
             *_lease(fence),
             kind,
             actor,
@@ -234,50 +263,54 @@ class PostgresStore:
         )
 
     async def set_setting(self, name: str, value: Any) -> None:
-        await self._val("set_setting", "select orch_set_setting($1, $2)", name, value)
+        await self._call("set_setting", "orch_set_setting($1, $2)", name, value)
 
     async def maintenance(self, log_retention_sec: float, *, fence: Fence | None) -> dict[str, int]:
-        out = await self._val(
+        out = await self._call(
             "maintenance",
-            "select orch_maintenance($1, $2, $3)",
+            "orch_maintenance($1, $2, $3)",
             *_lease(fence),
             timedelta(seconds=log_retention_sec),
         )
         return {k: int(v) for k, v in out.items()}
 
     async def acquire_lease(self, name: str, holder: str, ttl_sec: float) -> Lease:
-        out = await self._val(
-            "acquire_lease", "select orch_acquire_lease($1, $2, $3)", name, holder, ttl_sec
+        out = await self._call(
+            "acquire_lease",
+            "orch_acquire_lease($1, $2, $3)",
+            name,
+            holder,
+            ttl_sec,
         )
         return lease_from(out)
 
     async def release_lease(self, name: str, holder: str) -> None:
-        await self._val("release_lease", "select orch_release_lease($1, $2)", name, holder)
+        await self._call("release_lease", "orch_release_lease($1, $2)", name, holder)
 
     async def enqueue_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> int:
-        return int(await self._val("enqueue_tasks", "select orch_enqueue_tasks($1)", list(tasks)))
+        return int(await self._call("enqueue_tasks", "orch_enqueue_tasks($1)", list(tasks)))
 
     async def recent_events(self, since_sec: float) -> list[dict[str, Any]]:
         """Orchestrator events of the last `since_sec`, oldest first (for people)."""
-        rows = await self._val("recent_events", "select orch_recent_events($1)", since_sec)
+        rows = await self._call("recent_events", "orch_recent_events($1)", since_sec)
         return events_from(rows)
 
     async def task_counts(self) -> dict[str, int]:
         """Tasks by status, for people (the cycle never reads this)."""
-        return dict(await self._val("task_counts", "select orch_task_counts()"))
+        return dict(await self._call("task_counts", "orch_task_counts()"))
 
     async def list_logs(
         self, worker_id: str | None, task_id: str | None, limit: int
     ) -> list[dict[str, Any]]:
         return list(
-            await self._val("list_logs", "select orch_logs($1, $2, $3)", worker_id, task_id, limit)
+            await self._call("list_logs", "orch_logs($1, $2, $3)", worker_id, task_id, limit)
         )
 
     async def list_workers(self, limit: int) -> list[dict[str, Any]]:
-        return list(await self._val("list_workers", "select orch_workers($1)", limit))
+        return list(await self._call("list_workers", "orch_workers($1)", limit))
 
     async def list_tasks(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        return list(await self._val("list_tasks", "select orch_tasks($1, $2)", status, limit))
+        return list(await self._call("list_tasks", "orch_tasks($1, $2)", status, limit))
 
     # worker agent ---------------------------------------------------------
 

@@ -140,8 +140,8 @@ def parse_snapshot(
             now=now,
             workers=workers,
             holds=tuple(
-                TaskHold(str(task), holder, _ts(started), int(attempts))
-                for task, holder, started, attempts in doc["holds"]
+                TaskHold(str(task), holder, _ts(started), int(attempts), task_type)
+                for task, holder, started, attempts, task_type in doc["holds"]
             ),
             queue=QueueStats(
                 queued := int(doc["queued"]),
@@ -154,6 +154,7 @@ def parse_snapshot(
             breaker=_breaker(doc.get("breaker")),
             controls=_controls(doc["controls"]),
             blind_until=_ts(doc.get("blind_until")),
+            adopted=bool(doc.get("adopted")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreError(f"malformed snapshot: {exc!r}") from exc

@@ -26,12 +26,14 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
-from .base import Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
+from .base import Demand, Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
+from .migrate import ADOPTED_SCHEMA
 from .snapshot import parse_snapshot
 
 _READ_TRIES = 3
 _LEASE_LOST = "GOL01"
-_NO_FUNCTION = ("PGRST202", "42883")
+# no such function, or (asking for schema `orchestrator`) no such exposed schema
+_NO_FUNCTION = ("PGRST202", "42883", "PGRST106")
 
 
 def _lease(fence: Fence | None) -> dict[str, Any]:
@@ -61,12 +63,21 @@ def _translate(operation: str, exc: APIError) -> StoreError:
 class SupabaseStore:
     """Implements `OrchestratorStore` and `WorkerStore` (see `base`) over `rpc()`."""
 
-    def __init__(self, client: AsyncClient, *, retry_delay: float = 0.5) -> None:
+    def __init__(
+        self, client: AsyncClient, *, retry_delay: float = 0.5, demand: Demand = Demand()
+    ) -> None:
         self._client = client
+        self._demand = demand
+        # Where our functions are: `orchestrator` on an adopted database (see
+        # store/migrate.py; the schema must be exposed by the Data API), else the
+        # default schema. The worker API stays in the default schema.
+        self._ours = client.postgrest
         self._retry_delay = retry_delay
 
     @classmethod
-    async def connect(cls, url: str, key: str, timeout: float = 10.0) -> SupabaseStore:
+    async def connect(
+        cls, url: str, key: str, timeout: float = 10.0, demand: Demand = Demand()
+    ) -> SupabaseStore:
         options = AsyncClientOptions(
             httpx_client=httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0)),
             postgrest_client_retry=False,  # ours: reads only
@@ -77,7 +88,7 @@ class SupabaseStore:
             client = await acreate_client(url, key, options=options)
         except Exception as exc:  # supabase-py raises its own bare exceptions for bad input
             raise StoreError(f"connect to {url} failed: {type(exc).__name__}: {exc}") from exc
-        return cls(client)
+        return cls(client, demand=demand)
 
     async def _rpc(
         self, operation: str, fn: str, params: Mapping[str, Any], *, read: bool = False
@@ -85,7 +96,8 @@ class SupabaseStore:
         tries = _READ_TRIES if read else 1
         for attempt in range(1, tries + 1):
             try:
-                return (await self._client.rpc(fn, dict(params)).execute()).data
+                api = self._ours if fn.startswith("orch_") else self._client.postgrest
+                return (await api.rpc(fn, dict(params)).execute()).data
             except APIError as exc:
                 if read and attempt < tries and (exc.code or "").startswith(("08", "PGRST0")):
                     await asyncio.sleep(self._retry_delay * attempt)
@@ -105,6 +117,17 @@ class SupabaseStore:
         async with asyncio.timeout(timeout):
             await self.schema_version()
 
+    @property
+    def adopted(self) -> bool:
+        return self._ours is not self._client.postgrest
+
+    def use_adopted_schema(self) -> None:
+        """Our functions are in schema `orchestrator` (an adopted database)."""
+        self._ours = self._client.schema(ADOPTED_SCHEMA)
+
+    def use_native_schema(self) -> None:
+        self._ours = self._client.postgrest
+
     async def schema_version(self) -> list[str]:
         """The migration versions applied to the database."""
         return list(await self._rpc("schema_version", "orch_schema_version", {}, read=True))
@@ -112,10 +135,16 @@ class SupabaseStore:
     # orchestrator ---------------------------------------------------------
 
     async def observe(self, horizon_sec: float = 1800.0, queue_cap: int | None = None) -> Snapshot:
+        types, demand_sql = self._demand.params()
         doc = await self._rpc(
             "observe",
             "orch_snapshot",
-            {"horizon_sec_param": horizon_sec, "queue_cap_param": queue_cap},
+            {
+                "horizon_sec_param": horizon_sec,
+                "queue_cap_param": queue_cap,
+                "gpu_task_types_param": types,
+                "demand_sql_param": demand_sql,
+            },
             read=True,
         )
         return parse_snapshot(doc, horizon_sec, queue_cap)

@@ -71,19 +71,6 @@ create index if not exists workers_created_idx on workers (created_at);
 create index if not exists workers_failed_idx on workers (failed_at);
 create index if not exists workers_ready_idx on workers (ready_at);
 
--- Append-only history of every worker transition: the source of truth for the
--- breaker, the health report, alerts and replay.
-create table if not exists worker_events (
-    id bigserial primary key,
-    worker_id text not null,
-    at timestamptz not null default now(),
-    kind text not null,
-    reason text,
-    detail jsonb not null default '{}'::jsonb
-);
-create index if not exists worker_events_at_idx on worker_events (at);
-create index if not exists worker_events_worker_idx on worker_events (worker_id, at);
-
 create table if not exists system_logs (
     id bigserial primary key,
     timestamp timestamptz not null default now(),
@@ -98,33 +85,3 @@ create table if not exists system_logs (
 );
 create index if not exists system_logs_timestamp_idx on system_logs (timestamp);
 create index if not exists system_logs_worker_idx on system_logs (worker_id, timestamp);
-
--- One row per lease name: who leads, until when, and a fencing epoch that grows
--- each time leadership changes hands.
-create table if not exists orchestrator_leases (
-    name text primary key,
-    holder text not null,
-    epoch bigint not null,
-    expires_at timestamptz not null,
-    acquired_at timestamptz not null default now()
-);
-
--- Append-only audit of orchestrator-level decisions and operator levers:
--- breaker_opened / breaker_closed, breaker_reset, spawning_paused / _resumed,
--- kill_switch_on / _off. Who (`actor`) and why (`reason`) are always recorded.
-create table if not exists orchestrator_events (
-    id bigserial primary key,
-    at timestamptz not null default now(),
-    kind text not null,
-    actor text not null,
-    reason text not null,
-    detail jsonb not null default '{}'::jsonb
-);
-create index if not exists orchestrator_events_kind_idx on orchestrator_events (kind, at desc);
-
--- Tables only the orchestrator uses: with row level security on and no policy, a
--- Supabase anon or authenticated key reads and writes nothing through the Data
--- API; the table owner (our DATABASE_URL role) is not subject to it.
-alter table worker_events enable row level security;
-alter table orchestrator_events enable row level security;
-alter table orchestrator_leases enable row level security;
