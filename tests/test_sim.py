@@ -11,7 +11,9 @@ from datetime import timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from gpu_orchestrator.cli import app
 from gpu_orchestrator.sim.engine import simulate
 from gpu_orchestrator.sim.policies import BASELINE, CURRENT
 from gpu_orchestrator.sim.scenarios import CONFIG, SCENARIOS, outage, scenario
@@ -109,3 +111,27 @@ def test_permanent_outage_launches_stay_under_the_stated_bound(
     if trips:  # once tripped, every hour after is bounded
         first_hour = int((trips[0] - run.scenario.start).total_seconds() // 3600)
         assert all(n <= bound for n in per_hour[first_hour + 1 :]), (per_hour, bound)
+
+
+def test_simulate_prints_the_scorecard_of_one_scenario_and_policy():
+    result = CliRunner().invoke(
+        app, ["simulate", "--scenario", "seed-after", "--policy", "baseline"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| seed-after")]
+    assert len(rows) == 1 and "| baseline |" in rows[0]
+
+
+def test_simulate_refuses_an_unknown_scenario_and_a_missing_one():
+    assert CliRunner().invoke(app, ["simulate", "--scenario", "nope"]).exit_code == 2
+    assert CliRunner().invoke(app, ["simulate"]).exit_code == 2
+
+
+def test_plot_writes_one_png_per_scenario(tmp_path):
+    pytest.importorskip("matplotlib")
+    from gpu_orchestrator.sim.plot import plot_runs
+
+    runs = [simulate(scenario("seed-after"), policy) for policy in (CURRENT, BASELINE)]
+    (path,) = plot_runs(runs, tmp_path)
+    assert path.name == "sim-seed-after.png"
+    assert path.read_bytes().startswith(b"\x89PNG")

@@ -54,11 +54,12 @@ class Run:
         return counts
 
     def trips(self) -> list[datetime]:
-        """When the breaker went from closed to open."""
+        """When the breaker went from closed (as every run starts) to open."""
+        states = [BreakerState.CLOSED, *(s.breaker for s in self.samples)]
         return [
-            now.at
-            for before, now in zip(self.samples, self.samples[1:], strict=False)
-            if before.breaker is BreakerState.CLOSED and now.breaker is BreakerState.OPEN
+            sample.at
+            for before, sample in zip(states, self.samples, strict=False)
+            if before is BreakerState.CLOSED and sample.breaker is BreakerState.OPEN
         ]
 
 
