@@ -103,7 +103,7 @@ class SimProvider:
             for b in self._platform.brownouts
         )
 
-    def running_on(self, offering: str) -> int:
+    def _running_on(self, offering: str) -> int:
         return sum(
             1 for p in self.pods.values() if p.offering.name == offering and p.ended_at is None
         )
@@ -111,7 +111,7 @@ class SimProvider:
     def create(self, name: str, offering: str, now: datetime) -> tuple[Created, SimPod | None]:
         """A create call; the pod is returned when one was made, answered or not."""
         place = self._offerings[offering]
-        if self.running_on(offering) >= place.capacity.at(self._elapsed(now)):
+        if self._running_on(offering) >= place.capacity.at(self._elapsed(now)):
             return Created.NO_CAPACITY, None
         answered = not self._api_fails(now)
         if not answered and self._rng.random() >= self._created_p(now):

@@ -115,9 +115,6 @@ class TaskQueue:
             TaskHold(t.id, t.worker_id, t.started_at, t.attempts) for t in self._held.values()
         )
 
-    def held_by(self, worker_id: str) -> list[SimTask]:
-        return [t for t in self._held.values() if t.worker_id == worker_id]
-
     def release(
         self,
         worker_id: str | None,

@@ -51,7 +51,7 @@ class World:
         cancel_after_sec: float | None,
     ) -> None:
         self.cfg = cfg
-        self.start, self.until = start, until
+        self.until = until
         self.rng = rng
         self.provider = SimProvider(platform, start, rng)
         self.queue = TaskQueue(cfg.max_task_attempts, counts_attempts=counts_attempts)
