@@ -254,6 +254,52 @@ def enqueue(
 
 
 @app.command()
+def simulate(
+    scenario: str | None = typer.Option(
+        None, "--scenario", help="A named scenario (see --all for every name)."
+    ),
+    policy: str = typer.Option(
+        "current", "--policy", help="current (ours) or baseline (the system we replace)."
+    ),
+    every: bool = typer.Option(
+        False, "--all", help="Every scenario under both policies: the scorecard table."
+    ),
+    seed: int = typer.Option(0, "--seed", help="The random seed: a seed replays the same run."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write a PNG per scenario into this directory (the plot extra)."
+    ),
+) -> None:
+    """Replay a scenario in the simulator over the real policy and print its scorecard.
+
+    Deterministic for a seed; no database, no provider, no environment settings."""
+    from .sim.engine import simulate as play
+    from .sim.policies import POLICIES
+    from .sim.scenarios import SCENARIOS
+    from .sim.scenarios import scenario as named
+    from .sim.scorecard import score, table
+
+    if every == (scenario is not None):
+        raise typer.BadParameter("give --scenario NAME or --all", param_hint="--scenario")
+    if scenario is not None and scenario not in SCENARIOS:
+        raise typer.BadParameter(
+            f"{scenario!r}: accepted: {', '.join(SCENARIOS)}", param_hint="--scenario"
+        )
+    if policy not in POLICIES:
+        raise typer.BadParameter(
+            f"{policy!r}: accepted: {', '.join(POLICIES)}", param_hint="--policy"
+        )
+    names = list(SCENARIOS) if scenario is None else [scenario]
+    policies = list(POLICIES.values()) if every else [POLICIES[policy]]
+    runs = [play(named(name), p, seed) for name in names for p in policies]
+    typer.echo(table([score(run) for run in runs]))
+    if plot is not None:
+        from .sim.plot import plot_runs
+
+        for path in plot_runs(runs, plot):
+            typer.echo(f"wrote {path}")
+
+
+@app.command()
 def worker() -> None:
     """Run the worker agent (inside a pod): heartbeat, claim, run, report.
     Configured by WORKER_ID, DATABASE_URL and the WORKER_* variables."""

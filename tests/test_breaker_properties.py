@@ -1,9 +1,8 @@
-"""Properties of the breaker over generated histories, and its spend under a
-permanent outage replayed with the simulator."""
+"""Properties of the breaker over generated histories (its spend under a permanent
+outage is replayed with the simulator in `test_sim.py`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from datetime import timedelta
 
@@ -14,7 +13,6 @@ from policy_builders import SEED_BREAKER, T0, snap
 from gpu_orchestrator.models import FAILURE_REASONS, BreakerState, Launch, Reason
 from gpu_orchestrator.policy import decide
 from gpu_orchestrator.policy.breaker import assess_breaker, counted_failure
-from gpu_orchestrator.sim.fleet import SimFleet
 
 CFG = replace(SEED_BREAKER, offerings=("A", "B"))
 
@@ -102,59 +100,3 @@ def test_a_closed_breaker_never_blocks_on_fewer_outcomes_than_the_minimum(histor
 def test_decide_is_deterministic_with_history(history, queued):
     s = replace(snap(queued=queued), launches=history)
     assert decide(s, CFG) == decide(replace(s, launches=tuple(history)), CFG)
-
-
-# Queued tasks at a time since the start: always a deep queue, always one task, or
-# a burst of demand for 20 minutes every 3 hours (quiet spells longer than a window).
-DEMAND = {
-    "deep": lambda _elapsed: 100,
-    "one": lambda _elapsed: 1,
-    "comes_and_goes": lambda elapsed: 100 if elapsed % (3 * 3600) < 20 * 60 else 0,
-}
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    interval=st.sampled_from([60.0, 300.0, 900.0]),
-    boot_timeout=st.sampled_from([300.0, 600.0]),
-    max_gpus=st.integers(2, 10),
-    poll=st.sampled_from([15.0, 30.0]),
-    demand=st.sampled_from(sorted(DEMAND)),
-)
-def test_permanent_outage_launches_stay_under_the_stated_bound(
-    interval, boot_timeout, max_gpus, poll, demand
-):
-    """No pod ever boots. Until the breaker trips the fleet relaunches at most
-    MAX_ACTIVE_GPUS per boot deadline; once it has tripped every launch is a probe
-    or a probation launch, at least min(probe interval, window) + boot deadline
-    apart: at most 3600 / (min(interval, window) + boot deadline) + 1 launches per
-    hour, whatever the demand does (a deep queue, one task, bursts after quiet
-    spells). A fleet too small to fail the minimum sample within one window trips
-    on a streak of failures instead."""
-    cfg = replace(
-        CFG,
-        max_active_gpus=max_gpus,
-        max_spawns_per_cycle=max_gpus,
-        spawning_timeout_sec=boot_timeout,
-        breaker_probe_interval_sec=interval,
-    )
-    window = cfg.failure_window_sec
-    queued = DEMAND[demand]
-    sim = SimFleet(cfg, T0, boots=lambda _at: False, queued=queued(0.0))
-    hours = 8
-    first_trip_hour = None
-    for step in range(int(hours * 3600 / poll)):
-        sim.queued = queued(step * poll)
-        sim.step(poll)
-        if first_trip_hour is None and sim.breaker is not None:
-            first_trip_hour = int((sim.now - T0).total_seconds() // 3600)
-    per_hour = sim.launches_per_hour(T0, hours)
-    bound = math.floor(3600 / (min(interval, window) + boot_timeout)) + 1
-    before_trip = max_gpus * (math.ceil(window / boot_timeout) + 1)
-    # Any hour: at most a fresh start's burst (a burst after its history aged out).
-    assert all(n <= before_trip + bound for n in per_hour), (per_hour, before_trip + bound)
-    if demand != "comes_and_goes":  # tasks always wait: the breaker trips in hour one
-        assert first_trip_hour == 0, per_hour
-    if first_trip_hour is not None:  # once tripped, every hour after is bounded
-        after = per_hour[first_trip_hour + 1 :]
-        assert all(n <= bound for n in after), (per_hour, bound, first_trip_hour)

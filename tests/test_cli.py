@@ -23,7 +23,7 @@ from gpu_orchestrator.store.embedded import with_database
 COMMANDS = [
     ["run"], ["once"], ["migrate"], ["config"], ["enqueue"], ["worker"], ["demo"],
     ["status"], ["spawn"], ["drain"], ["terminate"], ["workers"], ["tasks"], ["logs"],
-    ["breaker", "reset"], ["spawning"], ["kill-switch"],
+    ["breaker", "reset"], ["spawning"], ["kill-switch"], ["simulate"],
 ]  # fmt: skip
 
 
