@@ -128,7 +128,7 @@ def test_simulate_refuses_an_unknown_scenario_and_a_missing_one():
 
 
 def test_plot_writes_one_png_per_scenario(tmp_path):
-    pytest.importorskip("matplotlib")
+    # matplotlib is the `plot` extra, which `make` installs with `dev`
     from gpu_orchestrator.sim.plot import plot_runs
 
     runs = [simulate(scenario("seed-after"), policy) for policy in (CURRENT, BASELINE)]
