@@ -427,7 +427,8 @@ def _parse_limits(raw: str) -> tuple[tuple[str, float], ...]:
             seconds = -1.0
         if not 0 <= seconds < float("inf"):
             raise ValueError(
-                f"TASK_STUCK_TIMEOUT_BY_TYPE: {pattern}={value!r}: expected seconds (0: never)"
+                f"TASK_STUCK_TIMEOUT_BY_TYPE={raw!r}: {pattern}={value}: expected seconds "
+                "(0: never)"
             )
         limits.append((pattern, seconds))
     return tuple(limits)

@@ -155,11 +155,16 @@ def hold(
     age: float | None = 60.0,
     *,
     attempts: int = 1,
+    task_type: str | None = None,
     now: datetime = T0,
 ) -> TaskHold:
     """An `In Progress` task claimed `age` seconds ago by `worker_id`."""
     return TaskHold(
-        task_id=task_id, worker_id=worker_id, started_at=ago(age, now), attempts=attempts
+        task_id=task_id,
+        worker_id=worker_id,
+        started_at=ago(age, now),
+        attempts=attempts,
+        task_type=task_type,
     )
 
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from test_runpod_provider import KEY, provider_for, runpod_settings
 from gpu_orchestrator.config import load_settings
 from gpu_orchestrator.errors import SettingsError
 from gpu_orchestrator.models import Reason, WorkerStatus
+from gpu_orchestrator.ops.health import judge, render_text
 from gpu_orchestrator.runtime import connect_rest_store, open_runtime
 from gpu_orchestrator.store.embedded import with_database
 from gpu_orchestrator.store.migrate import (
@@ -515,3 +517,54 @@ async def test_the_rest_store_finds_our_schema_once_it_is_exposed(
             await store.close()
     assert store.adopted and snapshot.adopted
     assert {w.id for w in snapshot.workers} >= {ACTIVE, BOOTING, *NO_POD}
+
+
+async def test_a_dead_workers_task_is_requeued_through_the_apps_timing_trigger(
+    adopted_dsn: str,
+) -> None:
+    stale = "gpu-20260410_110000-f6f6f6f6"  # holds task 07 (attempts 1)
+    task = "aaaaaaaa-0000-4000-8000-000000000007"
+    store = await PostgresStore.connect(adopted_dsn, max_size=2)
+    try:
+        assert await store.transition_worker(
+            stale, WorkerStatus.ERROR, Reason.HEARTBEAT_LOST, fence=None
+        )
+        released = await store.release_tasks(stale, None, 3, "worker lost", fence=None)
+    finally:
+        await store.close()
+    assert released.requeued == (task,)
+    conn = await asyncpg.connect(adopted_dsn)
+    try:
+        row = await conn.fetchrow(
+            "select status::text, attempts, worker_id, generation_started_at, "
+            "current_setting('application_name') as app from public.tasks where id = $1::uuid",
+            task,
+        )
+        assert tuple(row)[:4] == ("Queued", 2, None, None)
+        # The trigger still guards every other writer.
+        with pytest.raises(asyncpg.RaiseError, match="Timing fields"):
+            await conn.execute(
+                "update public.tasks set generation_started_at = now() where id = $1::uuid", task
+            )
+    finally:
+        await conn.close()
+
+
+async def test_status_on_an_adopted_database_shows_legacy_pods_and_podless_workers_apart(
+    adopted_dsn: str, fake: FakeRunpod, tmp_path: Path
+) -> None:
+    settings = runpod_settings(adopted_dsn, orchestrator_data_dir=tmp_path)
+    store = await PostgresStore.connect(adopted_dsn, max_size=2)
+    try:
+        snapshot = await store.observe()
+    finally:
+        await store.close()
+    pods = await provider_for(fake, settings).list_pods()
+    report = judge(replace(snapshot, pods=tuple(pods)), settings, {})
+    text = render_text(report)
+    assert "database: an adopted Headless-Wan2GP / Reigh database" in text
+    assert "workers without a pod (not ours to manage, never terminated): " in text
+    doc = report.as_dict()
+    assert set(NO_POD) <= set(doc["workers"]["without_pod"])
+    assert "gpu-20260410_100000-a1a1a1a1" in doc["pods"]["legacy"]
+    assert doc["database"] == "adopted"

@@ -42,6 +42,10 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ("FAILURE_WINDOW_MINUTES", "inf", "finite number"),
         ("MAX_WORKER_FAILURE_RATE", "nan", "finite number"),
         ("GPU_IDLE_TIMEOUT_SEC", "-inf", "finite number"),
+        ("DEMAND_SQL_FUNCTION", "count(*) from tasks; drop table tasks", "literal arguments"),
+        ("DEMAND_SQL_FUNCTION", "f(now())", "literal arguments"),
+        ("TASK_STUCK_TIMEOUT_BY_TYPE", "travel_orchestrator=soon", "seconds (0: never)"),
+        ("WORKER_KIND", "headless-wan2gp", "SUPABASE_SERVICE_ROLE_KEY"),
     ],
 )
 def test_bad_value_exits_2_with_one_line_naming_variable_value_and_rule(var, value, accepted):
@@ -177,3 +181,24 @@ def test_a_malformed_database_url_is_one_line_and_exit_2_from_every_command(dsn,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu-orchestrator: DATABASE_URL="), lines
     assert "s3cr3t" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demand_and_per_type_limits_parse_as_documented() -> None:
+    settings = load_settings(
+        database_url=None,
+        demand_sql_function="count_eligible_tasks_service_role(false, 'gpu')",
+        task_stuck_timeout_by_type="travel_orchestrator=0,lora_*=14400",
+        gpu_task_types="single_image, travel_segment",
+    )
+    assert settings.demand().params() == (
+        ["single_image", "travel_segment"],
+        "count_eligible_tasks_service_role(false, 'gpu')",
+    )
+    policy = settings.policy()
+    assert policy.stuck_after_sec("travel_orchestrator") is None
+    assert policy.stuck_after_sec("lora_training") == 14400
+    assert policy.stuck_after_sec("single_image") == settings.task_stuck_timeout_sec
+    # the default spares the app's orchestrator tasks
+    assert (
+        load_settings(database_url=None).policy().stuck_after_sec("join_clips_orchestrator") is None
+    )

@@ -7,7 +7,7 @@ boot deadline 600 s, heartbeat loss 120 s, stuck task 3600 s, graceful drain 900
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import cast
 
@@ -340,6 +340,25 @@ HEALTH = [
     pytest.param(
         Health(snap(worker("a1"), holds=[hold("t1", "a1", age=3599)]), {}),
         id="task_just_under_stuck_timeout_is_fine",
+    ),
+    pytest.param(
+        Health(
+            snap(
+                worker("a1"),
+                holds=[hold("t1", "a1", age=3 * 3600, task_type="travel_orchestrator")],
+            ),
+            {},
+            replace(NO_SCALE_DOWN, task_stuck_timeout_by_type=(("*_orchestrator", 0.0),)),
+        ),
+        id="a_type_with_no_stuck_limit_runs_for_hours",
+    ),
+    pytest.param(
+        Health(
+            snap(worker("a1"), holds=[hold("t1", "a1", age=700, task_type="single_image")]),
+            {"a1": (FAIL, Reason.STUCK_TASK)},
+            replace(NO_SCALE_DOWN, task_stuck_timeout_by_type=(("single_*", 600.0),)),
+        ),
+        id="a_type_with_a_shorter_limit_is_stuck_sooner",
     ),
     pytest.param(
         Health(

@@ -19,7 +19,7 @@ from gpu_orchestrator.errors import (
     TransientProviderError,
 )
 from gpu_orchestrator.models import ActionKind
-from gpu_orchestrator.providers.base import PodSpec
+from gpu_orchestrator.providers.base import PodSpec, worker_environment
 from gpu_orchestrator.providers.runpod import Pacer, RunpodProvider
 from gpu_orchestrator.runtime import Runtime, open_runtime
 
@@ -90,6 +90,30 @@ async def test_create_sends_a_valid_body_and_reads_the_pod(fake):
     assert body["mounts"] == {"network": [{"volumeId": "vol-123", "path": "/workspace"}]}
     assert body["env"]["WORKER_ID"] == "gpu-20260101000000-aaaaaaaa"
     await provider.aclose()
+
+
+async def test_a_headless_wan2gp_pod_gets_what_its_worker_reads_and_its_command(fake):
+    settings = runpod_settings(
+        worker_kind="headless-wan2gp",
+        supabase_url="https://ref.supabase.co",
+        supabase_service_role_key="service-key",
+        runpod_worker_args="python worker.py --worker $WORKER_ID",
+        runpod_worker_env="HF_HOME=/workspace/hf",
+    )
+    worker_id = "gpu-20260101000000-bbbbbbbb"
+    provider = provider_for(fake, settings)
+    env = worker_environment(settings, settings.database_url.get_secret_value(), worker_id)
+    await provider.create_pod(PodSpec(worker_id, env, "NVIDIA A40@EU-RO-1"))
+    await provider.aclose()
+
+    body = fake.requests_to("POST", "/v2/pods")[0].json
+    assert body["args"] == "python worker.py --worker $WORKER_ID"
+    assert body["env"] == {
+        "HF_HOME": "/workspace/hf",
+        "WORKER_ID": worker_id,
+        "SUPABASE_URL": "https://ref.supabase.co",
+        "SUPABASE_SERVICE_ROLE_KEY": "service-key",
+    }  # the old orchestrator's pod env; never our DSN
 
 
 @pytest.mark.parametrize(

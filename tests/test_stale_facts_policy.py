@@ -5,7 +5,7 @@ what a blind spell forgives. Each table row names the behaviour it pins."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from policy_builders import ACTIVE, SPAWNING, T0, ago, snap, worker, worker_actions
@@ -57,6 +57,15 @@ def listed(snapshot: Snapshot, *pods: Pod) -> Snapshot:
 )
 def test_only_a_name_that_parses_exactly_as_ours_is_ours(name: str, ours: bool) -> None:
     assert (launched_at(name, "gpu") is not None) is ours
+
+
+def test_on_an_adopted_database_the_old_orchestrators_names_are_ours_with_their_time() -> None:
+    legacy = "gpu-20260410_131500-b2b2b2b2"
+    assert launched_at(legacy, "gpu") is None
+    assert launched_at(legacy, "gpu", legacy=True) == datetime(2026, 4, 10, 13, 15, tzinfo=UTC)
+    assert launched_at(OURS, "gpu", legacy=True) is not None
+    for other in ("gpu-20261310_131500-b2b2b2b2", "api-worker-main", "gpu-20260410_131500-B2"):
+        assert launched_at(other, "gpu", legacy=True) is None
 
 
 def test_foreign_pods_are_never_terminated_and_are_reported() -> None:
