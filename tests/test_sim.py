@@ -4,6 +4,7 @@ launches within the bound docs/breaker.md states under a permanent outage."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from datetime import timedelta
@@ -111,6 +112,9 @@ def test_permanent_outage_launches_stay_under_the_stated_bound(
     if trips:  # once tripped, every hour after is bounded
         first_hour = int((trips[0] - run.scenario.start).total_seconds() // 3600)
         assert all(n <= bound for n in per_hour[first_hour + 1 :]), (per_hour, bound)
+        after = sorted(at for at in run.world.launches if at > trips[0])
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(after)]
+        assert min(gaps, default=math.inf) >= min(interval, window) + boot_timeout, gaps
 
 
 def test_simulate_prints_the_scorecard_of_one_scenario_and_policy():
