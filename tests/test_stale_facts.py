@@ -348,7 +348,7 @@ async def test_status_lists_foreign_pods_and_nothing_touches_them(dsn, fake, tmp
         finally:
             await runtime.aclose()
 
-    assert report.as_dict()["pods"] == {"listed": True, "foreign": foreign}
+    assert report.as_dict()["pods"] == {"listed": True, "foreign": foreign, "legacy": []}
     assert f"foreign pods (not named as ours, never touched): 2: {', '.join(foreign)}" in (
         render_text(report)
     )
