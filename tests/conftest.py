@@ -53,20 +53,31 @@ async def ensure_supabase_roles(admin: asyncpg.Connection) -> None:
             await admin.execute(f"create role {role} nologin")
 
 
-@pytest.fixture(scope="session")
-async def template_db(pg_admin_dsn: str) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def template_database(
+    admin_dsn: str, prepare: Callable[[asyncpg.Connection], Awaitable[object]]
+) -> AsyncIterator[str]:
+    """A database `prepare`d once, to copy per test (`create database ... template`)."""
     name = f"gpo_tpl_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
+    admin = await asyncpg.connect(admin_dsn)
     await ensure_supabase_roles(admin)
     await admin.execute(f'create database "{name}"')
-    conn = await asyncpg.connect(with_database(pg_admin_dsn, name))
-    await apply_migrations(conn)
-    await conn.close()
+    conn = await asyncpg.connect(with_database(admin_dsn, name))
+    try:
+        await prepare(conn)
+    finally:
+        await conn.close()
     try:
         yield name
     finally:
         await admin.execute(f'drop database if exists "{name}" with (force)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_admin_dsn: str) -> AsyncIterator[str]:
+    async with template_database(pg_admin_dsn, apply_migrations) as name:
+        yield name
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from conftest import _scratch_database, ensure_supabase_roles
+from conftest import _scratch_database, template_database
 from fake_postgrest import SERVICE_KEY, FakePostgrest
 from fake_runpod import FakeRunpod, serve_asgi
 from test_runpod_provider import KEY, provider_for, runpod_settings
@@ -31,7 +30,6 @@ from gpu_orchestrator.errors import SettingsError
 from gpu_orchestrator.models import Reason, WorkerStatus
 from gpu_orchestrator.ops.health import judge, render_text
 from gpu_orchestrator.runtime import connect_rest_store, open_runtime
-from gpu_orchestrator.store.embedded import with_database
 from gpu_orchestrator.store.migrate import (
     ADOPTED,
     NATIVE,
@@ -58,23 +56,15 @@ def _script(name: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
 
 
+async def _load_legacy_database(conn: asyncpg.Connection) -> None:
+    await conn.execute(_script("legacy_reigh.sql"))
+    await conn.execute(_script("legacy_reigh_seed.sql"))
+
+
 @pytest.fixture(scope="session")
 async def legacy_template(pg_admin_dsn: str) -> AsyncIterator[str]:
-    name = f"gpo_legacy_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    await ensure_supabase_roles(admin)
-    await admin.execute(f'create database "{name}"')
-    conn = await asyncpg.connect(with_database(pg_admin_dsn, name))
-    try:
-        await conn.execute(_script("legacy_reigh.sql"))
-        await conn.execute(_script("legacy_reigh_seed.sql"))
-    finally:
-        await conn.close()
-    try:
+    async with template_database(pg_admin_dsn, _load_legacy_database) as name:
         yield name
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
 
 
 @pytest.fixture
