@@ -713,7 +713,7 @@ async def test_the_snapshot_shows_the_fleet_its_holds_and_the_queue_in_one_call(
     snapshot = await PostgresStore(counting).observe()
     assert len(counting.calls) == 1, counting.calls
     method, sql = counting.calls[0]
-    assert method == "fetchval" and "orch_snapshot(" in sql
+    assert method == "fetchval" and "orch_snapshot_v2(" in sql
 
     statuses = {w.id: w.status for w in snapshot.workers}
     assert statuses == {
@@ -749,14 +749,14 @@ async def test_the_snapshot_clock_is_the_database_clock(store: PostgresStore) ->
     async with store.pool.acquire() as conn:
         await conn.execute("set timezone = 'Asia/Kolkata'")
         try:
-            doc = await conn.fetchval("select orch_snapshot()")
+            doc = await conn.fetchval("select orch_snapshot_v2()")
             db_now = await conn.fetchval("select now()")
         finally:
             await conn.execute("reset timezone")
     assert isinstance(doc["now"], float)  # epoch seconds: no zone to misread
     from gpu_orchestrator.store.snapshot import parse_snapshot
 
-    parsed = parse_snapshot(doc, horizon_sec=1800).now
+    parsed = parse_snapshot(doc).now
     assert parsed.tzinfo is not None
     assert timedelta(0) <= db_now - parsed < timedelta(seconds=5)
 

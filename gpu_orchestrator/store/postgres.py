@@ -17,6 +17,7 @@ from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
 from .base import Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
 from .snapshot import parse_snapshot
+from .writes import GroupAnswer, Write, batch_json, group_answers
 
 # Errors that mean "the store could not be reached or answered", translated at
 # this edge so the loop deals with one category.
@@ -111,8 +112,8 @@ class PostgresStore:
     # orchestrator ---------------------------------------------------------
 
     async def observe(self, horizon_sec: float = 1800.0, queue_cap: int | None = None) -> Snapshot:
-        doc = await self._val("observe", "select orch_snapshot($1, $2)", horizon_sec, queue_cap)
-        return parse_snapshot(doc, horizon_sec, queue_cap)
+        doc = await self._val("observe", "select orch_snapshot_v2($1, $2)", horizon_sec, queue_cap)
+        return parse_snapshot(doc, queue_cap)
 
     async def create_worker(
         self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
@@ -232,6 +233,17 @@ class PostgresStore:
             reason,
             detail or {},
         )
+
+    async def apply_writes(
+        self, groups: Sequence[Sequence[Write]], *, fence: Fence | None
+    ) -> list[GroupAnswer]:
+        out = await self._val(
+            "apply_writes",
+            "select orch_apply_writes($1, $2, $3)",
+            *_lease(fence),
+            batch_json(groups),
+        )
+        return group_answers(out)
 
     async def set_setting(self, name: str, value: Any) -> None:
         await self._val("set_setting", "select orch_set_setting($1, $2)", name, value)

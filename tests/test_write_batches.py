@@ -1,0 +1,158 @@
+"""`orch_apply_writes` against the real database: many actions' writes in one call,
+with the semantics of separate calls (each write checks the lease, a lost
+compare-and-set ends its action, a failed action leaves no trace) and none of a
+batch applied once the lease is lost."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from gpu_orchestrator.errors import LeaseLost
+from gpu_orchestrator.loop import LEASE_NAME
+from gpu_orchestrator.models import (
+    Expected,
+    Reason,
+    WorkerStatus,
+)
+from gpu_orchestrator.store import writes
+from gpu_orchestrator.store.base import Fence
+from gpu_orchestrator.store.postgres import PostgresStore
+from gpu_orchestrator.store.writes import GroupAnswer, Write
+
+
+async def _fence(store: PostgresStore, holder: str = "a") -> Fence:
+    lease = await store.acquire_lease(LEASE_NAME, holder, 30)
+    return Fence(LEASE_NAME, lease.epoch, time.monotonic() + 30)
+
+
+async def _statuses(store: PostgresStore) -> dict[str, str]:
+    rows = await store.pool.fetch("select id, status from workers order by id")
+    return {r["id"]: r["status"] for r in rows}
+
+
+async def test_a_batch_applies_each_action_and_answers_each_write(store: PostgresStore) -> None:
+    fence = await _fence(store)
+    answers = await store.apply_writes(
+        [
+            [writes.create_worker("gpu-1", "local", {"reason": "queue_demand"})],
+            [writes.create_worker("gpu-2", "local", {"reason": "queue_demand"})],
+            [writes.record_event("breaker_opened", "a", "breaker_tripped", {"n": 1})],
+        ],
+        fence=fence,
+    )
+    assert [a.error for a in answers] == [None, None, None]
+    assert answers[0].answers == (None,)
+    assert answers[2].answers[0]["kind"] == "breaker_opened"
+    answers = await store.apply_writes(
+        [
+            [
+                writes.record_pod("gpu-1", "pod-1", 0.44),
+                writes.transition_worker(
+                    "gpu-1", WorkerStatus.ERROR, Reason.BOOT_TIMEOUT, released=True
+                ),
+            ],
+            [writes.record_pod_sightings(["gpu-2"], [])],
+        ],
+        fence=fence,
+    )
+    assert answers == [GroupAnswer((True, True)), GroupAnswer((None,))]
+    row = await store.pool.fetchrow(
+        "select pod_id, status, terminated_at is not null as released from workers "
+        "where id = 'gpu-1'"
+    )
+    assert tuple(row) == ("pod-1", "error", True)
+    assert await store.pool.fetchval(
+        "select pod_missing_since is not null from workers where id = 'gpu-2'"
+    )
+
+
+async def test_a_lost_compare_and_set_ends_its_action_only(store: PostgresStore) -> None:
+    fence = await _fence(store)
+    await store.create_worker("gpu-1", "local", {}, fence=fence)
+    await store.create_worker("gpu-2", "local", {}, fence=fence)
+    drain = writes.transition_worker(  # the plan judged it active: it is spawning
+        "gpu-1",
+        WorkerStatus.TERMINATING,
+        Reason.SCALED_DOWN,
+        expect=Expected(WorkerStatus.ACTIVE, idle=True),
+    )
+    answers = await store.apply_writes(
+        [
+            [drain, writes.mark_released("gpu-1")],
+            [writes.transition_worker("gpu-2", WorkerStatus.TERMINATING, Reason.MANUAL)],
+        ],
+        fence=fence,
+    )
+    assert answers == [GroupAnswer((False,)), GroupAnswer((True,))]
+    assert await _statuses(store) == {"gpu-1": "spawning", "gpu-2": "terminating"}
+    assert (
+        await store.pool.fetchval("select terminated_at from workers where id = 'gpu-1'") is None
+    )  # the write after the lost compare-and-set did not run
+
+
+async def test_a_failed_action_leaves_no_trace_and_the_others_apply(
+    store: PostgresStore,
+) -> None:
+    fence = await _fence(store)
+    await store.create_worker("gpu-1", "local", {}, fence=fence)
+    answers = await store.apply_writes(
+        [
+            # its second write fails (the id exists): its first is undone too
+            [
+                writes.create_worker("gpu-2", "local", {}),
+                writes.create_worker("gpu-1", "local", {}),
+            ],
+            [writes.create_worker("gpu-3", "local", {})],
+            [Write("no_such_write", {})],
+        ],
+        fence=fence,
+    )
+    assert answers[0].error is not None and "23505" in str(answers[0].error)
+    assert answers[1] == GroupAnswer((None,))
+    assert answers[2].error is not None and "no_such_write" in str(answers[2].error)
+    assert await _statuses(store) == {"gpu-1": "spawning", "gpu-3": "spawning"}
+
+
+async def test_a_lost_lease_applies_none_of_the_batch(store: PostgresStore) -> None:
+    fence = await _fence(store, "a")
+    await store.create_worker("gpu-1", "local", {}, fence=fence)
+    await store.release_lease(LEASE_NAME, "a")
+    await _fence(store, "b")
+    with pytest.raises(LeaseLost):
+        await store.apply_writes(
+            [
+                [writes.create_worker("gpu-2", "local", {})],
+                [writes.transition_worker("gpu-1", WorkerStatus.ERROR, Reason.CRASHED)],
+                [writes.release_tasks("gpu-1", None, 3, "x")],
+            ],
+            fence=fence,
+        )
+    assert await _statuses(store) == {"gpu-1": "spawning"}
+    assert await store.pool.fetchval("select count(*) from worker_events") == 1
+
+
+async def test_a_heartbeat_judgment_goes_through_the_batch_unchanged(
+    store: PostgresStore,
+) -> None:
+    # The plan's last-heartbeat time travels as ISO text: a newer beat still voids it.
+    fence = await _fence(store)
+    await store.create_worker("gpu-1", "local", {}, fence=fence)
+    await store.heartbeat("gpu-1", [], None)
+    seen = await store.pool.fetchval("select last_heartbeat from workers where id = 'gpu-1'")
+    stale = writes.transition_worker(
+        "gpu-1",
+        WorkerStatus.ERROR,
+        Reason.HEARTBEAT_LOST,
+        expect=Expected(WorkerStatus.ACTIVE, datetime(2020, 1, 1, tzinfo=UTC), True),
+    )
+    fresh = writes.transition_worker(
+        "gpu-1",
+        WorkerStatus.ERROR,
+        Reason.HEARTBEAT_LOST,
+        expect=Expected(WorkerStatus.ACTIVE, seen, True),
+    )
+    assert await store.apply_writes([[stale]], fence=fence) == [GroupAnswer((False,))]
+    assert await store.apply_writes([[fresh]], fence=fence) == [GroupAnswer((True,))]
