@@ -1,22 +1,34 @@
 """`orch_apply_writes` against the real database: many actions' writes in one call,
 with the semantics of separate calls (each write checks the lease, a lost
 compare-and-set ends its action, a failed action leaves no trace) and none of a
-batch applied once the lease is lost."""
+batch applied once the lease is lost. And the executor: a cycle's writes cost a
+constant number of calls however many actions it takes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 
 from gpu_orchestrator.errors import LeaseLost
+from gpu_orchestrator.executor import Executor
 from gpu_orchestrator.loop import LEASE_NAME
 from gpu_orchestrator.models import (
+    Action,
+    ActionKind,
     Expected,
+    Plan,
+    Pod,
+    QueueStats,
     Reason,
+    Snapshot,
     WorkerStatus,
+    WorkerView,
 )
+from gpu_orchestrator.providers.base import PodSpec
 from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.base import Fence
 from gpu_orchestrator.store.postgres import PostgresStore
@@ -156,3 +168,96 @@ async def test_a_heartbeat_judgment_goes_through_the_batch_unchanged(
     )
     assert await store.apply_writes([[stale]], fence=fence) == [GroupAnswer((False,))]
     assert await store.apply_writes([[fresh]], fence=fence) == [GroupAnswer((True,))]
+
+
+class _CountingStore:
+    """The real store, counting the batches it is sent."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self.batches: list[int] = []  # groups per call
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def apply_writes(
+        self, groups: Sequence[Sequence[Write]], *, fence: Fence | None
+    ) -> list[GroupAnswer]:
+        self.batches.append(len(groups))
+        return await self._store.apply_writes(groups, fence=fence)
+
+
+class _Pods:
+    name = "local"
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.terminated: list[str] = []
+
+    async def create_pod(self, spec: PodSpec) -> Pod:
+        self.created.append(spec.worker_id)
+        return Pod(f"pod-{spec.worker_id}", spec.worker_id, running=True)
+
+    async def list_pods(self) -> list[Pod]:
+        return []
+
+    async def terminate_pod(self, worker_id: str, pod_id: str | None) -> None:
+        self.terminated.append(worker_id)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("spawns,failures", [(2, 1), (12, 9)])
+async def test_a_cycles_writes_cost_the_same_calls_however_many_actions(
+    store: PostgresStore, spawns: int, failures: int
+) -> None:
+    fence = await _fence(store)
+    silent = [f"gpu-{n}" for n in range(failures)]
+    for worker_id in silent:
+        await store.create_worker(worker_id, "local", {}, fence=fence)
+        await store.heartbeat(worker_id, [], None)
+    now = await store.pool.fetchval("select now()")
+    views = tuple(
+        WorkerView(w, WorkerStatus.ACTIVE, now, now, None, None, None, None, pod_id=f"pod-{w}")
+        for w in silent
+    )
+    actions = [
+        Action(
+            ActionKind.FAIL,
+            Reason.CRASHED,
+            "test",
+            worker_id=w,
+            expect=Expected(WorkerStatus.ACTIVE),
+        )
+        for w in silent
+    ] + [Action(ActionKind.SPAWN, Reason.QUEUE_DEMAND, "test", offering="local")] * spawns
+    counting = _CountingStore(store)
+    pods = _Pods()
+    executor = Executor(
+        counting,  # type: ignore[arg-type]
+        pods,
+        lambda worker_id: {},
+        name_prefix="gpu",
+        max_task_attempts=3,
+        actor="test",
+    )
+    snapshot = Snapshot(now=now, workers=views, holds=(), queue=QueueStats(0, None))
+    plan = Plan(tuple(actions), desired_workers=0, capacity=0, unmet_demand=0)
+    results = await executor.apply(plan, snapshot, asyncio.Event(), fence)
+
+    assert {(r.kind, r.outcome) for r in results} == {
+        (ActionKind.FAIL, "done"),
+        (ActionKind.SPAWN, "done"),
+    }
+    assert sorted(pods.terminated) == sorted(silent) and len(pods.created) == spawns
+    # first wave (the failures and one launch): before and after the provider;
+    # second wave (the other launches): the same
+    assert counting.batches == [failures + 1, failures + 1, spawns - 1, spawns - 1]
+    statuses = await _statuses(store)
+    assert [statuses[w] for w in silent] == ["error"] * failures
+    assert list(statuses.values()).count("spawning") == spawns
+    assert (
+        await store.pool.fetchval("select count(*) from workers where terminated_at is not null")
+        == failures
+    )
