@@ -1,10 +1,11 @@
 """Round trips counted on the wire: a TCP proxy in front of Postgres that reads the
 frontend (client -> server) half of the protocol.
 
-A round trip is a message after which the client waits for the server's
-ReadyForQuery: `Sync` (the end of every extended-protocol exchange asyncpg sends:
-Parse/Describe/Sync to prepare, Bind/Execute/Sync to run) or `Query` (the simple
-protocol). asyncpg never sends a second one before the answer to the first (bar
+A round trip is a message after which the client waits for the server's answer:
+`Sync` (ends every extended-protocol exchange: Bind/Execute/Sync to run a
+statement), `Flush` (asyncpg prepares a statement it has not cached with
+Parse/Describe/Flush and waits for the description) or `Query` (the simple
+protocol). asyncpg never sends the next before the answer to the last (bar
 `executemany`, which the store does not use), so this counts exactly the waits a
 cycle pays, whatever the driver does above the socket: statement cache misses,
 pool resets, transactions. Connection start-ups are counted apart.
@@ -25,8 +26,9 @@ _GSSENC_REQUEST = 80877104
 
 @dataclass
 class WireCounts:
-    round_trips: int = 0  # Sync + Query messages
+    round_trips: int = 0  # Sync + Flush + Query messages
     syncs: int = 0
+    flushes: int = 0
     queries: int = 0
     connections: int = 0  # start-up messages
 
@@ -63,6 +65,9 @@ class _FrontendReader:
             if kind == b"S":
                 self._counts.syncs += 1
                 self._counts.round_trips += 1
+            elif kind == b"H":
+                self._counts.flushes += 1
+                self._counts.round_trips += 1
             elif kind == b"Q":
                 self._counts.queries += 1
                 self._counts.round_trips += 1
@@ -86,14 +91,24 @@ async def _pipe(
 
 @contextlib.asynccontextmanager
 async def counting_proxy(dsn: str) -> AsyncIterator[tuple[str, WireCounts]]:
-    """(a DSN through the proxy, its live counts). SSL is turned off on the proxied
-    DSN so the messages can be read."""
+    """(a DSN through the proxy, its live counts). The server is reached over TCP or
+    its Unix socket (`?host=/dir`); SSL is off on the proxied DSN so the messages
+    can be read."""
     target = urlparse(dsn)
+    query = dict(parse_qsl(target.query))
+    socket_dir = query.pop("host", None) or (None if target.hostname else "/var/run/postgresql")
     counts = WireCounts()
     pipes: set[asyncio.Task[None]] = set()
 
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if socket_dir is not None:  # a Unix socket (an embedded pgserver)
+            return await asyncio.open_unix_connection(
+                f"{socket_dir}/.s.PGSQL.{target.port or 5432}"
+            )
+        return await asyncio.open_connection(target.hostname, target.port or 5432)
+
     async def accept(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(target.hostname, target.port or 5432)
+        server_r, server_w = await connect()
         frontend = _FrontendReader(counts)
         for task in (
             asyncio.create_task(_pipe(client_r, server_w, frontend)),
@@ -107,7 +122,6 @@ async def counting_proxy(dsn: str) -> AsyncIterator[tuple[str, WireCounts]]:
     netloc = f"{target.username or 'postgres'}@127.0.0.1:{port}"
     if target.password:
         netloc = f"{target.username}:{target.password}@127.0.0.1:{port}"
-    query = dict(parse_qsl(target.query))
     query["sslmode"] = "disable"
     proxied = urlunparse(target._replace(netloc=netloc, query=urlencode(query)))
     try:

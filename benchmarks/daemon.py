@@ -148,10 +148,7 @@ def report(
             [
                 ["RSS after the first cycle (MiB)", f"{settled[0].rss_kb / 1024:.1f}"],
                 ["RSS at the end (MiB)", f"{last.rss_kb / 1024:.1f}"],
-                [
-                    "RSS growth after the first cycle (MiB)",
-                    f"{(last.rss_kb - settled[0].rss_kb) / 1024:.1f}",
-                ],
+                ["RSS growth after the first cycle (MiB)", f"{growth_kb / 1024:.1f}"],
                 ["peak RSS, VmHWM (MiB)", f"{last.hwm_kb / 1024:.1f}"],
                 ["CPU, whole run (s)", f"{last.cpu_sec:.2f}"],
                 ["CPU, average (% of a core)", f"{100 * last.cpu_sec / last.at:.2f}"],
