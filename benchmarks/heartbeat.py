@@ -14,7 +14,8 @@ The workers share a pool of `--connections` connections (a real fleet holds one
 connection per worker, idle between beats); backend CPU is read from
 /proc/<pid>/stat (utime + stime) of exactly those backends (their pids from
 pg_stat_activity by application_name), so the benchmark must run on the
-database's machine. pg_stat_statements is not used: it is not installed by
+database's machine (a local server, or the embedded one without --dsn).
+pg_stat_statements is not used: it is not installed by
 default and would not count the trigger and plpgsql work outside the statement.
 
 Run: .venv/bin/python benchmarks/heartbeat.py --dsn postgresql://postgres@127.0.0.1:5432/postgres
@@ -164,8 +165,6 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="sustained run length")
     parser.add_argument("--connections", type=int, default=10)
     args = parser.parse_args()
-    if not args.dsn:
-        parser.error("--dsn (or DATABASE_URL) of a server on this machine is needed (/proc)")
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # the lines, no output
 
     async with scratch_database(args.dsn) as db:
