@@ -39,9 +39,11 @@ class WriteBarrier:
 
     async def _arrive(self) -> None:
         self._running -= 1
-        if self._running > 0 or not self._waiting:
+        # A member cancelled while it waited (the cycle timed out) sends nothing.
+        batch = [(group, future) for group, future in self._waiting if not future.done()]
+        if self._running > 0 or not batch:
             return
-        batch, self._waiting = self._waiting, []
+        self._waiting = []
         self._running += len(batch)
         try:
             answers = await self._store.apply_writes([g for g, _ in batch], fence=self._fence)
@@ -49,11 +51,13 @@ class WriteBarrier:
                 raise StoreError(f"apply_writes: {len(answers)} answers to {len(batch)} groups")
         except Exception as exc:
             for _, future in batch:
-                future.set_exception(exc)
+                if not future.done():
+                    future.set_exception(exc)
             return
         except BaseException:  # cancelled: so are the waiters
             for _, future in batch:
                 future.cancel()
             raise
         for (_, future), answer in zip(batch, answers, strict=True):
-            future.set_result(answer)
+            if not future.done():
+                future.set_result(answer)

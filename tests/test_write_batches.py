@@ -33,6 +33,7 @@ from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.base import Fence
 from gpu_orchestrator.store.postgres import PostgresStore
 from gpu_orchestrator.store.writes import GroupAnswer, Write
+from gpu_orchestrator.write_barrier import WriteBarrier
 
 
 async def _fence(store: PostgresStore, holder: str = "a") -> Fence:
@@ -261,3 +262,16 @@ async def test_a_cycles_writes_cost_the_same_calls_however_many_actions(
         await store.pool.fetchval("select count(*) from workers where terminated_at is not null")
         == failures
     )
+
+
+async def test_writes_of_a_cancelled_action_are_never_sent(store: PostgresStore) -> None:
+    counting = _CountingStore(store)
+    barrier = WriteBarrier(counting, None, members=2)  # type: ignore[arg-type]
+    waiting = asyncio.create_task(barrier.write(writes.create_worker("gpu-1", "local", {})))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await barrier.leave()  # the last member: the barrier opens, with nothing to send
+    assert counting.batches == []
+    assert await _statuses(store) == {}
