@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gpu_orchestrator.errors import LeaseLost
-from gpu_orchestrator.executor import Executor
+from gpu_orchestrator.executor import ActionResult, Executor
 from gpu_orchestrator.loop import LEASE_NAME
 from gpu_orchestrator.models import (
     Action,
@@ -191,11 +191,13 @@ class _CountingStore:
 class _Pods:
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, create_sec: float = 0.0) -> None:
         self.created: list[str] = []
         self.terminated: list[str] = []
+        self._create_sec = create_sec  # how long a create takes
 
     async def create_pod(self, spec: PodSpec) -> Pod:
+        await asyncio.sleep(self._create_sec)
         self.created.append(spec.worker_id)
         return Pod(f"pod-{spec.worker_id}", spec.worker_id, running=True)
 
@@ -209,12 +211,11 @@ class _Pods:
         pass
 
 
-@pytest.mark.parametrize("spawns,failures", [(2, 1), (12, 9)])
-async def test_a_cycles_writes_cost_the_same_calls_however_many_actions(
-    store: PostgresStore, spawns: int, failures: int
-) -> None:
-    fence = await _fence(store)
-    silent = [f"gpu-{n}" for n in range(failures)]
+async def _silent_workers(
+    store: PostgresStore, fence: Fence, count: int
+) -> tuple[tuple[WorkerView, ...], list[Action]]:
+    """`count` active workers, and the plan's FAIL for each."""
+    silent = [f"gpu-{n}" for n in range(count)]
     for worker_id in silent:
         await store.create_worker(worker_id, "local", {}, fence=fence)
         await store.heartbeat(worker_id, [], None)
@@ -223,7 +224,7 @@ async def test_a_cycles_writes_cost_the_same_calls_however_many_actions(
         WorkerView(w, WorkerStatus.ACTIVE, now, now, None, None, None, None, pod_id=f"pod-{w}")
         for w in silent
     )
-    actions = [
+    fails = [
         Action(
             ActionKind.FAIL,
             Reason.CRASHED,
@@ -232,20 +233,56 @@ async def test_a_cycles_writes_cost_the_same_calls_however_many_actions(
             expect=Expected(WorkerStatus.ACTIVE),
         )
         for w in silent
-    ] + [Action(ActionKind.SPAWN, Reason.QUEUE_DEMAND, "test", offering="local")] * spawns
-    counting = _CountingStore(store)
-    pods = _Pods()
+    ]
+    return views, fails
+
+
+async def _apply(
+    store: _CountingStore,
+    pods: _Pods,
+    views: tuple[WorkerView, ...],
+    actions: list[Action],
+    fence: Fence,
+) -> list[ActionResult]:
     executor = Executor(
-        counting,  # type: ignore[arg-type]
+        store,  # type: ignore[arg-type]
         pods,
         lambda worker_id: {},
         name_prefix="gpu",
         max_task_attempts=3,
         actor="test",
     )
+    now = views[0].created_at
     snapshot = Snapshot(now=now, workers=views, holds=(), queue=QueueStats(0, None))
     plan = Plan(tuple(actions), desired_workers=0, capacity=0, unmet_demand=0)
-    results = await executor.apply(plan, snapshot, asyncio.Event(), fence)
+    return await executor.apply(plan, snapshot, asyncio.Event(), fence)
+
+
+async def test_a_slow_launch_does_not_hold_back_the_writes_of_quicker_actions(
+    store: PostgresStore,
+) -> None:
+    fence = await _fence(store)
+    views, fails = await _silent_workers(store, fence, 1)
+    counting = _CountingStore(store)
+    spawn = Action(ActionKind.SPAWN, Reason.QUEUE_DEMAND, "test", offering="local")
+    results = await _apply(counting, _Pods(create_sec=0.5), views, [*fails, spawn], fence)
+    assert [r.outcome for r in results] == ["done", "done"]
+    # together before the provider; the failure's release while the launch still waits
+    assert counting.batches == [2, 1, 1]
+
+
+@pytest.mark.parametrize("spawns,failures", [(2, 1), (12, 9)])
+async def test_a_cycles_writes_cost_the_same_calls_however_many_actions(
+    store: PostgresStore, spawns: int, failures: int
+) -> None:
+    fence = await _fence(store)
+    views, fails = await _silent_workers(store, fence, failures)
+    silent = [w.id for w in views]
+    spawn = Action(ActionKind.SPAWN, Reason.QUEUE_DEMAND, "test", offering="local")
+    actions = [*fails, *[spawn] * spawns]
+    counting = _CountingStore(store)
+    pods = _Pods()
+    results = await _apply(counting, pods, views, actions, fence)
 
     assert {(r.kind, r.outcome) for r in results} == {
         (ActionKind.FAIL, "done"),
