@@ -39,6 +39,7 @@ from .models import (
     Action,
     ActionKind,
     BreakerState,
+    BreakerTransition,
     Plan,
     Pod,
     Reason,
@@ -191,6 +192,17 @@ class Executor:
         """Facts first, decisions second: one group at the head of the first batch.
         A failed record is judged again next cycle from the same facts; a lost
         lease stops the cycle."""
+        group = self._observation_writes(plan)
+        if not group:
+            return
+        answer = await barrier.write(*group)
+        if answer.error is not None:
+            log.warning("observation_record_failed", error=str(answer.error))
+            return
+        _log_observations(plan)
+
+    def _observation_writes(self, plan: Plan) -> list[writes.Write]:
+        """A blind spell, pod sightings, served spawn requests, the breaker's move."""
         group: list[writes.Write] = []
         if plan.observation_gap is not None:
             since, until = plan.observation_gap
@@ -219,42 +231,24 @@ class Executor:
                     },
                 )
             )
-        move = plan.breaker.transition if plan.breaker is not None else None
-        if move is not None:
-            assert plan.breaker is not None
+        breaker = plan.breaker
+        if breaker is not None and breaker.transition is not None:
+            move = breaker.transition
             group.append(
                 writes.record_event(
-                    "breaker_opened" if move.to is BreakerState.OPEN else "breaker_closed",
+                    _breaker_event(move),
                     self._actor,
                     move.reason.value,
                     {
                         "probe_interval_sec": move.probe_interval_sec,
                         "message": move.message,
-                        "rate": plan.breaker.rate,
-                        "failed": plan.breaker.failed,
-                        "proven": plan.breaker.proven,
+                        "rate": breaker.rate,
+                        "failed": breaker.failed,
+                        "proven": breaker.proven,
                     },
                 )
             )
-        if not group:
-            return
-        answer = await barrier.write(*group)
-        if answer.error is not None:
-            log.warning("observation_record_failed", error=str(answer.error))
-            return
-        if plan.observation_gap is not None:
-            since, until = plan.observation_gap
-            log.warning(
-                "observation_gap",
-                since=since.isoformat(),
-                seconds=round((until - since).total_seconds(), 1),
-                message="nobody read the database meanwhile: workers get a full "
-                "heartbeat timeout from now before they are judged",
-            )
-        if move is not None:
-            assert plan.breaker is not None
-            kind = "breaker_opened" if move.to is BreakerState.OPEN else "breaker_closed"
-            log.warning(kind, reason=move.reason, message=move.message, rate=plan.breaker.rate)
+        return group
 
     async def _run(
         self, action: Action, pods: dict[str, str | None], now: datetime, step: _Step
@@ -511,6 +505,29 @@ class _Step:
             if self.fence is not None:
                 self.fence.check()
             return await call()
+
+
+def _breaker_event(move: BreakerTransition) -> str:
+    return "breaker_opened" if move.to is BreakerState.OPEN else "breaker_closed"
+
+
+def _log_observations(plan: Plan) -> None:
+    """Once recorded: a blind spell and a breaker move are worth an operator's eye."""
+    if plan.observation_gap is not None:
+        since, until = plan.observation_gap
+        log.warning(
+            "observation_gap",
+            since=since.isoformat(),
+            seconds=round((until - since).total_seconds(), 1),
+            message="nobody read the database meanwhile: workers get a full "
+            "heartbeat timeout from now before they are judged",
+        )
+    breaker = plan.breaker
+    if breaker is not None and breaker.transition is not None:
+        move = breaker.transition
+        log.warning(
+            _breaker_event(move), reason=move.reason, message=move.message, rate=breaker.rate
+        )
 
 
 def _launch_outcome(exc: OrchestratorError) -> Reason:
