@@ -31,9 +31,11 @@ check: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# benchmarks/daemon.py (10 minutes; --minutes N) is run on its own
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cycle.py
 	$(BIN)/python benchmarks/claim.py
+	$(BIN)/python benchmarks/heartbeat.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

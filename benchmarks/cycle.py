@@ -1,41 +1,50 @@
-"""One orchestrator cycle: observe (`PostgresStore.observe()`) + decide, by fleet size.
+"""One orchestrator cycle, whole: lease, observe, list pods, decide, act.
 
-For fleets of 10, 100 and 1,000 workers over a queue of 100,000 tasks, with a
-realistic mix of worker statuses, one task in progress per active worker, and a
-history of terminated workers, completed tasks and worker_events (which the
-snapshot must not read), measures:
+The real `Orchestrator.run_cycle` (loop.py) with the real `Executor` and
+`PostgresStore`, against `NoopProvider`, which creates, lists and terminates pods
+in memory only. For fleets of 10, 100 and 1,000 workers over 100,000 queued
+tasks, with a realistic mix of worker statuses, one task in progress per active
+worker, and a history of ended workers, completed tasks and events:
 
-  * observe (`select orch_snapshot($1, $2)` + JSON decode + `parse_snapshot`),
-  * decide (`gpu_orchestrator.policy.decide`),
-  * observe + decide (one cycle),
-  * the database round trips of one observe, counted on the asyncpg connection,
-  * for comparison, a bare single-query jsonb snapshot of the same rows fetched as text.
+  * observe + decide (the issue's target), split into the snapshot call
+    (incl. JSON decode), `parse_snapshot` and `decide`;
+  * whole cycles at a steady fleet (`MAX_ACTIVE_GPUS` = the fleet: nothing to
+    launch): time and database round trips;
+  * at 1,000 workers, cycles that launch N workers and fail M silent ones
+    (`heartbeat_lost`: status write, tasks requeued, pod terminated, released):
+    round trips per cycle and per spawn/termination.
 
-Run: /tmp/venv/bin/python benchmarks/cycle.py [--dsn postgresql://...]
+Round trips are counted on the wire (`_wire.py`: a TCP proxy reading the client's
+Sync and Query messages), so they include whatever the driver sends.
+
+Run: .venv/bin/python benchmarks/cycle.py --dsn postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import functools
-import json
+import os
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from unittest import mock
 
 import asyncpg
+import structlog
 from _db import QUEUED_TASKS_SQL, add_dsn_argument, median, p95, scratch_database, table
+from _wire import WireCounts, counting_proxy
 
-from gpu_orchestrator.models import PolicyConfig
+from gpu_orchestrator.executor import Executor
+from gpu_orchestrator.loop import Orchestrator
+from gpu_orchestrator.models import Pod, PolicyConfig
 from gpu_orchestrator.policy import decide
-from gpu_orchestrator.store.postgres import PostgresStore, create_pool
-from gpu_orchestrator.store.snapshot import parse_snapshot
+from gpu_orchestrator.providers.base import PodSpec
+from gpu_orchestrator.store import postgres
+from gpu_orchestrator.store.postgres import PostgresStore
 
-TARGET_MS = 30.0
+TARGET_MS = 15.0
 POLICY = PolicyConfig(
     min_active_gpus=0,
     max_active_gpus=2000,
@@ -46,67 +55,28 @@ POLICY = PolicyConfig(
 )
 HORIZON_SEC = POLICY.horizon_sec  # what the loop passes to `observe`
 
-# ---------------------------------------------------------------------------
-# round trips: every statement the pool's connections send is counted
 
+class NoopProvider:
+    """A provider that touches no cloud: pods live in a dict."""
 
-class Counts:
-    statements = 0  # fetch/fetchval/fetchrow/execute/executemany, incl. the pool's reset
-    prepares = 0  # statement cache misses: one Parse/Describe round trip each
+    name = "runpod"
 
-    @classmethod
-    def snapshot(cls) -> tuple[int, int]:
-        return cls.statements, cls.prepares
+    def __init__(self, pods: list[Pod]) -> None:
+        self._pods = {p.name: p for p in pods}
 
+    async def create_pod(self, spec: PodSpec) -> Pod:
+        pod = Pod(pod_id=f"noop-{spec.worker_id}", name=spec.worker_id, running=True)
+        self._pods[pod.name] = pod
+        return pod
 
-class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
-    """Counts each statement sent; each is one network round trip."""
+    async def list_pods(self) -> list[Pod]:
+        return list(self._pods.values())
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        Counts.statements += 1
-        return await super().execute(*args, **kwargs)
+    async def terminate_pod(self, worker_id: str, pod_id: str | None) -> None:
+        self._pods.pop(worker_id, None)
 
-    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        Counts.statements += 1
-        return await super().executemany(*args, **kwargs)
-
-    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
-        Counts.statements += 1
-        return await super().fetch(*args, **kwargs)
-
-    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
-        Counts.statements += 1
-        return await super().fetchval(*args, **kwargs)
-
-    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
-        Counts.statements += 1
-        return await super().fetchrow(*args, **kwargs)
-
-    async def _get_statement(self, query: str, timeout: Any, **kwargs: Any) -> Any:
-        record_class = kwargs.get("record_class") or self._protocol.get_record_class()
-        key = (query, record_class, kwargs.get("ignore_custom_codec", False))
-        if self._stmt_cache.get(key, promote=False) is None:
-            Counts.prepares += 1
-        return await super()._get_statement(query, timeout, **kwargs)
-
-
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    """A pool `reset` that sends nothing (the store keeps no session state)."""
-
-
-@contextlib.asynccontextmanager
-async def counting_store(dsn: str, *, skip_reset: bool = False) -> AsyncIterator[PostgresStore]:
-    """The store exactly as production builds it (`create_pool`), on counting connections.
-    `skip_reset`: the proposed variant whose pool sends no reset query on release."""
-    extra: dict[str, Any] = {"reset": _no_reset} if skip_reset else {}
-    patched = functools.partial(asyncpg.create_pool, connection_class=CountingConnection, **extra)
-    with mock.patch.object(asyncpg, "create_pool", patched):
-        pool = await create_pool(dsn)
-    store = PostgresStore(pool)
-    try:
-        yield store
-    finally:
-        await store.close()
+    async def aclose(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------
@@ -241,253 +211,212 @@ async def seed(
     return mix
 
 
-# The same rows as `orch_snapshot($1)` (workers, holds, queue, launches; the three
-# single-row lookups of orchestrator_events left out), as one jsonb document
-# fetched as text: whole rows via to_jsonb, no per-field json_build_object.
-BARE_SNAPSHOT = """
-select jsonb_build_object(
-    'now', now(),
-    'workers', (select coalesce(jsonb_agg(to_jsonb(w)), '[]'::jsonb) from workers w
-                where w.terminated_at is null
-                  and w.status in ('spawning', 'active', 'terminating', 'error', 'external')),
-    'holds', (select coalesce(jsonb_agg(jsonb_build_object(
-                  'task_id', t.id, 'worker_id', t.worker_id,
-                  'started_at', t.generation_started_at, 'attempts', t.attempts)), '[]'::jsonb)
-              from tasks t where t.status = 'In Progress'),
-    'queue', (select jsonb_build_object('queued', count(*), 'oldest_queued_at', min(q.created_at))
-              from tasks q where q.status = 'Queued' and q.run_type = 'gpu'),
-    'launches', (select coalesce(jsonb_agg(to_jsonb(w)), '[]'::jsonb) from workers w
-                 where w.created_at > now() - make_interval(secs => $1)
-                    or w.failed_at > now() - make_interval(secs => $1)
-                    or w.ready_at > now() - make_interval(secs => $1)
-                    or (w.terminated_at is null
-                        and w.status in ('spawning', 'active', 'terminating'))))::text
-"""
-
-# What one snapshot reads, per table (same connection, same transaction).
-READS_SQL = """
-select relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) as idx_scan,
-       coalesce(idx_tup_fetch, 0) as idx_tup_fetch
-from pg_stat_xact_user_tables
-where relname in ('workers', 'worker_events', 'tasks', 'orchestrator_events')
-order by relname
-"""
-
-
 # ---------------------------------------------------------------------------
 # measuring
 
 
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
+class ParseTimer:
+    """Times `parse_snapshot` where the store calls it (whatever its signature)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._parse = getattr(postgres, "parse_snapshot")  # noqa: B009 (not re-exported)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = self._parse(*args, **kwargs)
+        self.samples.append((time.perf_counter() - start) * 1000.0)
+        return out
 
 
 @dataclass
 class FleetResult:
     fleet: int
     mix: Mix
-    rows: dict[str, int]
     observe: list[float]
+    parse: list[float]
     decide: list[float]
+    both: list[float]
+    observe_round_trips: float
     cycle: list[float]
-    server: list[float]  # orch_snapshot's execution time inside the server
-    fetch: list[float]  # `select orch_snapshot($1, $2)` through the pool, JSON decoded
-    parse: list[float]  # `parse_snapshot` alone
-    bare_text: list[float]
-    bare_loads: list[float]
-    statements_per_observe: float
-    prepares_per_observe: float
-    no_reset_statements: float
-    no_reset_observe: list[float]
+    cycle_round_trips: list[int]
     snapshot_bytes: int
-    bare_bytes: int
-    reads: list[asyncpg.Record]
-    plan_actions: int
 
 
-async def _timed(samples: list[float], fn: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
-    out = await fn()
-    samples.append(_ms(start))
-    return out
+@dataclass
+class ActingResult:
+    spawns: int  # launched (outcome done)
+    terminations: int  # failed and released (outcome done)
+    other_actions: int
+    round_trips: int
+    write_round_trips: int  # beyond the lease and the snapshot
+    cycle_ms: float
 
 
-async def _observe_loop(
-    store: PostgresStore, iterations: int, warmup: int
-) -> tuple[list[float], list[float], list[float], float, float, int]:
-    """observe, decide and both, per iteration; statements and prepares per observe."""
-    for _ in range(warmup):
-        decide(await store.observe(HORIZON_SEC, POLICY.queue_cap), POLICY)
-    observe_ms: list[float] = []
-    decide_ms: list[float] = []
-    cycle_ms: list[float] = []
-    before = Counts.snapshot()
-    actions = 0
-    for _ in range(iterations):
-        start = time.perf_counter()
-        snap = await store.observe(HORIZON_SEC, POLICY.queue_cap)
-        mid = time.perf_counter()
-        actions = len(decide(snap, POLICY).actions)
-        end = time.perf_counter()
-        observe_ms.append((mid - start) * 1000.0)
-        decide_ms.append((end - mid) * 1000.0)
-        cycle_ms.append((end - start) * 1000.0)
-    after = Counts.snapshot()
-    return (
-        observe_ms,
-        decide_ms,
-        cycle_ms,
-        (after[0] - before[0]) / iterations,
-        (after[1] - before[1]) / iterations,
-        actions,
+async def live_pods(conn: asyncpg.Connection) -> list[Pod]:
+    rows = await conn.fetch(
+        "select id, pod_id from workers where terminated_at is null and pod_id is not null"
     )
+    return [Pod(pod_id=r["pod_id"], name=r["id"], running=True) for r in rows]
+
+
+def orchestrator(
+    store: PostgresStore, provider: NoopProvider, policy: PolicyConfig
+) -> Orchestrator:
+    executor = Executor(
+        store,
+        provider,
+        lambda worker_id: {"WORKER_ID": worker_id},
+        name_prefix=policy.name_prefix,
+        max_task_attempts=3,
+        actor="bench",
+    )
+    return Orchestrator(
+        store, executor, policy, holder="bench", lease_sec=120, cycle_timeout_sec=60
+    )
+
+
+async def _observe_decide(
+    store: PostgresStore, wire: WireCounts, iterations: int, warmup: int
+) -> tuple[list[float], list[float], list[float], list[float], float]:
+    timer = ParseTimer()
+    with mock.patch.object(postgres, "parse_snapshot", timer):
+        for _ in range(warmup):
+            decide(await store.observe(HORIZON_SEC, POLICY.queue_cap), POLICY)
+        timer.samples.clear()
+        observe_ms: list[float] = []
+        decide_ms: list[float] = []
+        both_ms: list[float] = []
+        trips = wire.round_trips
+        for _ in range(iterations):
+            start = time.perf_counter()
+            snap = await store.observe(HORIZON_SEC, POLICY.queue_cap)
+            mid = time.perf_counter()
+            decide(snap, POLICY)
+            end = time.perf_counter()
+            observe_ms.append((mid - start) * 1000.0)
+            decide_ms.append((end - mid) * 1000.0)
+            both_ms.append((end - start) * 1000.0)
+        per_observe = (wire.round_trips - trips) / iterations
+    return observe_ms, list(timer.samples), decide_ms, both_ms, per_observe
+
+
+async def snapshot_bytes(conn: asyncpg.Connection) -> int:
+    """The size of one snapshot document."""
+    return int(
+        await conn.fetchval(
+            "select length(orch_snapshot($1, $2)::text)", HORIZON_SEC, POLICY.queue_cap
+        )
+    )
+
+
+async def _timed_cycle(orch: Orchestrator, wire: WireCounts) -> tuple[float, int, Any]:
+    trips = wire.round_trips
+    start = time.perf_counter()
+    report = await orch.run_cycle()
+    elapsed = (time.perf_counter() - start) * 1000.0
+    if report.outcome != "ok":
+        raise SystemExit(f"cycle ended {report.outcome}: {report.reason}")
+    return elapsed, wire.round_trips - trips, report
 
 
 async def measure(
-    dsn: str, conn: asyncpg.Connection, fleet: int, args: argparse.Namespace
+    admin: asyncpg.Connection, dsn: str, fleet: int, args: argparse.Namespace
 ) -> FleetResult:
-    iterations, warmup = args.iterations, args.warmup
-    t0 = time.perf_counter()
-    mix = await seed(conn, fleet, args.queued, args.completed, vacuum=args.vacuum)
-    rows = {
-        r["relname"]: r["n"]
-        for r in await conn.fetch(
-            "select 'workers' as relname, count(*) as n from workers "
-            "union all select 'worker_events', count(*) from worker_events "
-            "union all select 'tasks', count(*) from tasks"
-        )
-    }
-    rows["seed_ms"] = round(_ms(t0))
-
-    async with counting_store(dsn) as store:
-        observe_ms, decide_ms, cycle_ms, statements, prepares, actions = await _observe_loop(
-            store, iterations, warmup
-        )
-        # where observe's time goes: the database call (with JSON decode) and parsing
-        fetch_ms: list[float] = []
-        parse_ms: list[float] = []
-        for _ in range(iterations):
-            doc = await _timed(
-                fetch_ms,
-                lambda: store.pool.fetchval(
-                    "select orch_snapshot($1, $2)", HORIZON_SEC, POLICY.queue_cap
-                ),
+    mix = await seed(admin, fleet, args.queued, args.completed)
+    async with counting_proxy(dsn) as (proxied, wire):
+        store = await PostgresStore.connect(proxied)
+        try:
+            observe_ms, parse_ms, decide_ms, both_ms, per_observe = await _observe_decide(
+                store, wire, args.iterations, args.warmup
             )
-            start = time.perf_counter()
-            parse_snapshot(doc, HORIZON_SEC, POLICY.queue_cap)
-            parse_ms.append(_ms(start))
-        snapshot_bytes = len(json.dumps(doc))
-
-    # the same store with a pool that sends no reset query on release (a proposal)
-    async with counting_store(dsn, skip_reset=True) as store:
-        no_reset_observe, _, _, no_reset_statements, _, _ = await _observe_loop(
-            store, iterations, warmup
-        )
-
-    # time spent inside the server (EXPLAIN ANALYZE without per-node timing)
-    server_ms: list[float] = []
-    for _ in range(max(5, iterations // 5)):
-        plan = await conn.fetchval(
-            "explain (analyze, timing off, format json) select orch_snapshot($1, $2)",
-            HORIZON_SEC,
-            POLICY.queue_cap,
-        )
-        server_ms.append(float(json.loads(plan)[0]["Execution Time"]))
-
-    # the bare single-query jsonb snapshot, on a plain connection
-    bare_text: list[float] = []
-    bare_loads: list[float] = []
-    for _ in range(warmup):
-        await conn.fetchval(BARE_SNAPSHOT, HORIZON_SEC)
-    for _ in range(iterations):
-        text = await _timed(bare_text, lambda: conn.fetchval(BARE_SNAPSHOT, HORIZON_SEC))
-        start = time.perf_counter()
-        json.loads(text)
-        bare_loads.append(bare_text[-1] + _ms(start))
-
-    # A fresh connection: since PG 15 pg_stat_xact_* also shows a backend's
-    # earlier, not yet flushed counts.
-    fresh = await asyncpg.connect(dsn)
-    try:
-        async with fresh.transaction():
-            await fresh.fetchval(
-                "select orch_snapshot($1, $2)::text", HORIZON_SEC, POLICY.queue_cap
-            )
-            reads = await fresh.fetch(READS_SQL)
-    finally:
-        await fresh.close()
-
+            doc = await snapshot_bytes(admin)
+            # steady fleet: nothing to launch; the first cycle releases the seeded
+            # failed workers and runs the hourly maintenance, so it is left out
+            steady = replace(POLICY, max_active_gpus=fleet)
+            orch = orchestrator(store, NoopProvider(await live_pods(admin)), steady)
+            await orch.run_cycle()
+            cycle_ms: list[float] = []
+            cycle_trips: list[int] = []
+            for _ in range(args.cycles):
+                elapsed, trips, _ = await _timed_cycle(orch, wire)
+                cycle_ms.append(elapsed)
+                cycle_trips.append(trips)
+        finally:
+            await store.close()
     return FleetResult(
-        fleet=fleet,
-        mix=mix,
-        rows=rows,
-        observe=observe_ms,
-        decide=decide_ms,
-        cycle=cycle_ms,
-        server=server_ms,
-        fetch=fetch_ms,
-        parse=parse_ms,
-        bare_text=bare_text,
-        bare_loads=bare_loads,
-        statements_per_observe=statements,
-        prepares_per_observe=prepares,
-        no_reset_statements=no_reset_statements,
-        no_reset_observe=no_reset_observe,
-        snapshot_bytes=snapshot_bytes,
-        bare_bytes=len(text),
-        reads=list(reads),
-        plan_actions=actions,
+        fleet,
+        mix,
+        observe_ms,
+        parse_ms,
+        decide_ms,
+        both_ms,
+        per_observe,
+        cycle_ms,
+        cycle_trips,
+        doc,
     )
 
 
-async def explain(conn: asyncpg.Connection) -> str:
-    """EXPLAIN ANALYZE of the function's query planned as a SQL function plans it:
-    once per call, generically, the horizon an unknown parameter."""
-    body = await conn.fetchval("select prosrc from pg_proc where proname = 'orch_snapshot'")
-    body = body.replace("horizon_sec_param", "$1")
-    async with conn.transaction():
-        await conn.execute("set local plan_cache_mode = force_generic_plan")
-        await conn.execute(f"prepare bench_snapshot(double precision) as {body}")
+SILENCE_SQL = """
+update workers set last_heartbeat = now() - interval '1 hour'
+where id in (select id from workers
+             where status = 'active' and terminated_at is null
+             order by id limit $1)
+"""
+
+
+async def measure_acting(
+    admin: asyncpg.Connection, dsn: str, cases: list[tuple[int, int]], args: argparse.Namespace
+) -> list[ActingResult]:
+    """At 1,000 workers: one warm-up cycle per case (its launches, the seeded
+    failures and the hourly maintenance), then M workers fall silent and one cycle
+    is measured."""
+    await seed(admin, 1000, args.queued, args.completed)
+    # The seeded breaker history ends in a close without proof (probation: one
+    # launch at a time); here launches are what is measured.
+    await admin.execute("delete from orchestrator_events where kind like 'breaker_%'")
+    provider = NoopProvider(await live_pods(admin))
+    out: list[ActingResult] = []
+    async with counting_proxy(dsn) as (proxied, wire):
+        store = await PostgresStore.connect(proxied)
         try:
-            lines = await conn.fetch(
-                f"explain (analyze, buffers) execute bench_snapshot({HORIZON_SEC:g})"
-            )
+            for spawns, terminations in cases:
+                orch = orchestrator(store, provider, replace(POLICY, max_spawns_per_cycle=spawns))
+                await orch.run_cycle()
+                await admin.execute(SILENCE_SQL, terminations)
+                elapsed, trips, report = await _timed_cycle(orch, wire)
+                kinds = [(r.kind.value, r.outcome) for r in report.results]
+                launched = kinds.count(("spawn", "done"))
+                failed = kinds.count(("fail", "done"))
+                out.append(
+                    ActingResult(
+                        launched, failed, len(kinds) - launched - failed, trips, trips - 2, elapsed
+                    )
+                )
         finally:
-            await conn.execute("deallocate bench_snapshot")
-    return "\n".join(r[0] for r in lines)
+            await store.close()
+    return out
 
 
 def _fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
-def report(results: list[FleetResult], server: str, args: argparse.Namespace) -> None:
+def report(
+    fleets: list[FleetResult], acting: list[ActingResult], server: str, args: argparse.Namespace
+) -> None:
     print(f"server: {server}")
+    print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
     print(
-        f"queue: {args.queued:,} queued + {args.completed:,} completed tasks, then "
-        f"{'vacuum analyze' if args.vacuum else 'analyze'} (autovacuum off on these tables); "
-        f"{args.iterations} iterations after {args.warmup} warm-up; times in ms"
+        f"queue: {args.queued:,} queued + {args.completed:,} completed tasks (analyze, autovacuum "
+        f"off); {args.iterations} iterations after {args.warmup} warm-up; times in ms"
     )
-    print(f"policy: max_active_gpus={POLICY.max_active_gpus}, horizon {HORIZON_SEC:g} s")
     print()
-    print(
-        "data set per fleet (history: 5x the fleet ended workers, 1 in 10 within the "
-        "breaker's horizon; 5 events per ended worker, 3 per live one)"
-    )
+    print("data set per fleet")
     print(
         table(
-            [
-                "fleet",
-                "active",
-                "spawning",
-                "terminating",
-                "error",
-                "held tasks",
-                "workers rows",
-                "worker_events rows",
-                "tasks rows",
-                "seed ms",
-            ],
+            ["fleet", "active", "spawning", "terminating", "error", "snapshot bytes"],
             [
                 [
                     r.fleet,
@@ -495,150 +424,105 @@ def report(results: list[FleetResult], server: str, args: argparse.Namespace) ->
                     r.mix.spawning,
                     r.mix.terminating,
                     r.mix.error,
-                    r.mix.active + r.mix.terminating,
-                    r.rows["workers"],
-                    r.rows["worker_events"],
-                    r.rows["tasks"],
-                    r.rows["seed_ms"],
-                ]
-                for r in results
-            ],
-        )
-    )
-    print()
-    print("cycle time (ms)")
-    print(
-        table(
-            [
-                "fleet",
-                "observe med",
-                "observe p95",
-                "decide med",
-                "decide p95",
-                "observe+decide med",
-                "observe+decide p95",
-                "plan actions",
-            ],
-            [
-                [
-                    r.fleet,
-                    _fmt(median(r.observe)),
-                    _fmt(p95(r.observe)),
-                    _fmt(median(r.decide)),
-                    _fmt(p95(r.decide)),
-                    _fmt(median(r.cycle)),
-                    _fmt(p95(r.cycle)),
-                    r.plan_actions,
-                ]
-                for r in results
-            ],
-        )
-    )
-    print()
-    print(
-        "observe broken down (medians, ms): inside the server (EXPLAIN ANALYZE of "
-        "select orch_snapshot($1, $2)), the pool call incl. JSON decode, parse_snapshot"
-    )
-    print(
-        table(
-            ["fleet", "server exec", "pool fetchval+decode", "parse_snapshot", "snapshot bytes"],
-            [
-                [
-                    r.fleet,
-                    _fmt(median(r.server)),
-                    _fmt(median(r.fetch)),
-                    _fmt(median(r.parse)),
                     f"{r.snapshot_bytes:,}",
                 ]
-                for r in results
+                for r in fleets
             ],
         )
     )
     print()
-    print(
-        "for comparison: a bare single-query jsonb snapshot of the same rows (to_jsonb of "
-        "whole rows: workers, holds, queue, launches), one connection, fetched as text (ms)"
-    )
+    print("observe + decide (store.observe = snapshot call + JSON decode + parse_snapshot)")
     print(
         table(
             [
                 "fleet",
-                "bare as text med",
-                "bare as text p95",
-                "bare + json.loads med",
-                "bare bytes",
                 "observe med",
+                "of which parse med",
+                "decide med",
+                "observe+decide med",
+                "observe+decide p95",
+                "round trips/observe",
             ],
             [
                 [
                     r.fleet,
-                    _fmt(median(r.bare_text)),
-                    _fmt(p95(r.bare_text)),
-                    _fmt(median(r.bare_loads)),
-                    f"{r.bare_bytes:,}",
                     _fmt(median(r.observe)),
+                    _fmt(median(r.parse)),
+                    _fmt(median(r.decide)),
+                    _fmt(median(r.both)),
+                    _fmt(p95(r.both)),
+                    f"{r.observe_round_trips:g}",
                 ]
-                for r in results
+                for r in fleets
             ],
         )
     )
     print()
     print(
-        "database round trips per observe (statements sent on the pool's connections, "
-        "counted on asyncpg.Connection; the pool's reset on release is one of them)"
+        f"whole cycles at a steady fleet (Orchestrator.run_cycle; MAX_ACTIVE_GPUS = fleet), "
+        f"{args.cycles} cycles after one warm-up"
     )
     print(
         table(
-            [
-                "fleet",
-                "statements/observe",
-                "prepares/observe",
-                "observe med",
-                "pool reset=no-op: statements/observe",
-                "observe med",
-            ],
+            ["fleet", "cycle med", "cycle p95", "round trips/cycle (min-max)"],
             [
                 [
                     r.fleet,
-                    f"{r.statements_per_observe:g}",
-                    f"{r.prepares_per_observe:g}",
-                    _fmt(median(r.observe)),
-                    f"{r.no_reset_statements:g}",
-                    _fmt(median(r.no_reset_observe)),
+                    _fmt(median(r.cycle)),
+                    _fmt(p95(r.cycle)),
+                    f"{min(r.cycle_round_trips)}-{max(r.cycle_round_trips)}",
                 ]
-                for r in results
+                for r in fleets
             ],
         )
     )
     print()
     print(
-        "rows one snapshot reads, per table (pg_stat_xact_user_tables, one transaction on a "
-        "fresh connection); compare with the table sizes above: a seq scan reads history too"
+        "cycles that act, 1,000 workers: N launches (MAX_SPAWNS_PER_CYCLE = N) and M workers "
+        "silent for an hour (heartbeat_lost: fail, requeue, terminate pod, release)"
     )
+    base = acting[0].write_round_trips if acting else 0
     print(
         table(
-            ["fleet", "table", "seq scans", "seq rows read", "index scans", "index rows fetched"],
+            [
+                "spawns",
+                "terminations",
+                "other actions",
+                "round trips/cycle",
+                "of which writes",
+                "writes per spawn/termination",
+                "cycle ms",
+            ],
             [
                 [
-                    r.fleet,
-                    x["relname"],
-                    x["seq_scan"],
-                    x["seq_tup_read"],
-                    x["idx_scan"],
-                    x["idx_tup_fetch"],
+                    a.spawns,
+                    a.terminations,
+                    a.other_actions,
+                    a.round_trips,
+                    a.write_round_trips,
+                    "-"
+                    if a.spawns + a.terminations == 0
+                    else f"{(a.write_round_trips - base) / (a.spawns + a.terminations):.2f}",
+                    _fmt(a.cycle_ms),
                 ]
-                for r in results
-                for x in r.reads
+                for a in acting
             ],
         )
     )
+    print("(round trips/cycle include the lease and the snapshot: 2)")
     print()
-    last = results[-1]
-    verdict = "met" if median(last.cycle) <= TARGET_MS else "MISSED"
+    last = fleets[-1]
+    verdict = "met" if median(last.both) <= TARGET_MS else "MISSED"
     print(
         f"target: observe + decide <= {TARGET_MS:g} ms median at {last.fleet:,} workers: "
-        f"{_fmt(median(last.cycle))} ms -> {verdict}"
+        f"{_fmt(median(last.both))} ms -> {verdict}"
     )
+    print()
+    print("reproduce: " + " ".join(["python", "benchmarks/cycle.py", *sys.argv[1:]]))
+
+
+def _cases(text: str) -> list[tuple[int, int]]:
+    return [(int(n), int(m)) for n, m in (pair.split("x") for pair in text.split(","))]
 
 
 async def main() -> None:
@@ -649,34 +533,27 @@ async def main() -> None:
     parser.add_argument("--completed", type=int, default=50_000, help="completed tasks of history")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--cycles", type=int, default=10, help="whole cycles per fleet")
     parser.add_argument(
-        "--vacuum",
-        action="store_true",
-        help="vacuum analyze after seeding (all-visible pages, as after an "
-        "autovacuum pass) instead of analyze",
-    )
-    parser.add_argument(
-        "--explain",
-        action="store_true",
-        help="print EXPLAIN ANALYZE of orch_snapshot's query at the last fleet",
+        "--acting",
+        default="0x0,1x1,10x10,20x50",
+        help="spawns x terminations per measured cycle at 1,000 workers",
     )
     args = parser.parse_args()
     fleets = [int(f) for f in args.fleets.split(",")]
+    # The loop's log lines are built as in production, then dropped.
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
 
     async with scratch_database(args.dsn) as db:
-        conn = await asyncpg.connect(db.dsn)
+        admin = await asyncpg.connect(db.dsn)
         try:
-            # Deterministic table state: no autovacuum pass in the middle of a run.
             for name in ("tasks", "workers", "worker_events", "orchestrator_events"):
-                await conn.execute(f"alter table {name} set (autovacuum_enabled = false)")
-            results = [await measure(db.dsn, conn, fleet, args) for fleet in fleets]
-            report(results, db.server, args)
-            if args.explain:
-                print()
-                print(f"EXPLAIN (ANALYZE, BUFFERS) of orch_snapshot's query, fleet {fleets[-1]}:")
-                print(await explain(conn))
+                await admin.execute(f"alter table {name} set (autovacuum_enabled = false)")
+            results = [await measure(admin, db.dsn, fleet, args) for fleet in fleets]
+            acting = await measure_acting(admin, db.dsn, _cases(args.acting), args)
+            report(results, acting, db.server, args)
         finally:
-            await conn.close()
+            await admin.close()
 
 
 if __name__ == "__main__":

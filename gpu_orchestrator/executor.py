@@ -7,6 +7,10 @@ terminated only after such a write succeeded in this cycle (and the lease's loca
 deadline has not passed). A lost lease (`LeaseLost`) stops the cycle: no action
 starts after it, and it is raised to the loop.
 
+Batched: the actions run side by side and their writes meet at a `WriteBarrier`,
+so each step (intent and status writes, then what the provider answered) is one
+round trip for all of them; only provider calls are bounded in concurrency.
+
 Any other failed action becomes an `ActionResult` with outcome `error`, never an
 exception that unwinds the cycle; the next cycle re-reads the world and tries again.
 """
@@ -18,6 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,6 +39,7 @@ from .models import (
     Action,
     ActionKind,
     BreakerState,
+    BreakerTransition,
     Plan,
     Pod,
     Reason,
@@ -41,9 +47,13 @@ from .models import (
     WorkerStatus,
 )
 from .providers.base import PodSpec, Provider
-from .store.base import Fence, OrchestratorStore
+from .store import writes
+from .store.base import Fence, OrchestratorStore, released_from
+from .write_barrier import WriteBarrier
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -124,30 +134,46 @@ class Executor:
         started are skipped (those under way finish, so the state stays consistent).
         `fence`: the leader's lease (None for an operator's command). Raises
         `LeaseLost` once the lease is gone, after the actions under way end."""
-        await self._record_observations(plan, fence)
         pods = {w.id: w.pod_id for w in snapshot.workers}
-        gate = asyncio.Semaphore(self._concurrency)
+        gate = asyncio.Semaphore(self._concurrency)  # provider calls under way
         lost: list[LeaseLost] = []
         cycle = _CycleState()
 
-        async def run(action: Action) -> ActionResult:
-            async with gate:
+        async def run(action: Action, barrier: WriteBarrier) -> ActionResult:
+            try:
                 if stop.is_set() or lost:
                     return _result(action, "skipped")
+                step = _Step(action, fence, barrier, gate, cycle)
                 try:
-                    return await self._run(action, pods, snapshot.now, _Step(action, fence, cycle))
+                    return await self._run(action, pods, snapshot.now, step)
                 except LeaseLost as exc:
                     lost.append(exc)
                     return _result(action, "skipped", error=str(exc))
+            finally:
+                await barrier.leave()
+
+        async def observe(barrier: WriteBarrier) -> None:
+            try:
+                await self._record_observations(plan, barrier)
+            except LeaseLost as exc:
+                lost.append(exc)
+            finally:
+                await barrier.leave()
 
         # The first launch goes ahead alone (beside the other actions): an account
-        # that cannot pay (402) then holds the rest before they are sent.
+        # that cannot pay (402) then holds the rest before they are sent. What the
+        # cycle observed is written first, in the first batch.
         spawns = [n for n, a in enumerate(plan.actions) if a.kind is ActionKind.SPAWN]
         waves = ([n for n in range(len(plan.actions)) if n not in spawns[1:]], spawns[1:])
         done: dict[int, ActionResult] = {}
-        for wave in waves:
-            answers = await asyncio.gather(*(run(plan.actions[n]) for n in wave))
-            done.update(zip(wave, answers, strict=True))
+        for first, wave in zip((True, False), waves, strict=True):
+            barrier = WriteBarrier(self._store, fence, len(wave) + int(first))
+            jobs = [run(plan.actions[n], barrier) for n in wave]
+            # scheduled before the actions: what the cycle observed leads the batch
+            observing = asyncio.create_task(observe(barrier)) if first else None
+            done.update(zip(wave, await asyncio.gather(*jobs), strict=True))
+            if observing is not None:
+                await observing
         results = [done[n] for n in range(len(plan.actions))]
         if lost:
             raise lost[0]
@@ -162,33 +188,38 @@ class Executor:
             log.warning("pod_list_failed", error=str(exc))
             return None
 
-    async def _record_observations(self, plan: Plan, fence: Fence | None) -> None:
-        """Facts first, decisions second. A failed record is judged again next cycle
-        from the same facts; a lost lease stops the cycle."""
-        try:
-            if plan.observation_gap is not None:
-                since, until = plan.observation_gap
-                await self._store.record_event(
+    async def _record_observations(self, plan: Plan, barrier: WriteBarrier) -> None:
+        """Facts first, decisions second: one group at the head of the first batch.
+        A failed record is judged again next cycle from the same facts; a lost
+        lease stops the cycle."""
+        group = self._observation_writes(plan)
+        if not group:
+            return
+        answer = await barrier.write(*group)
+        if answer.error is not None:
+            log.warning("observation_record_failed", error=str(answer.error))
+            return
+        _log_observations(plan)
+
+    def _observation_writes(self, plan: Plan) -> list[writes.Write]:
+        """A blind spell, pod sightings, served spawn requests, the breaker's move."""
+        group: list[writes.Write] = []
+        if plan.observation_gap is not None:
+            since, until = plan.observation_gap
+            group.append(
+                writes.record_event(
                     "observation_gap",
                     self._actor,
                     "no_contact",
                     {"from": since.isoformat(), "to": until.isoformat()},
-                    fence=fence,
                 )
-                log.warning(
-                    "observation_gap",
-                    since=since.isoformat(),
-                    seconds=round((until - since).total_seconds(), 1),
-                    message="nobody read the database meanwhile: workers get a full "
-                    "heartbeat timeout from now before they are judged",
-                )
-            if plan.sightings:
-                await self._store.record_pod_sightings(
-                    plan.sightings.missing, plan.sightings.seen, fence=fence
-                )
-            if plan.served_requests is not None:
-                served = plan.served_requests
-                await self._store.record_event(
+            )
+        if plan.sightings:
+            group.append(writes.record_pod_sightings(plan.sightings.missing, plan.sightings.seen))
+        if plan.served_requests is not None:
+            served = plan.served_requests
+            group.append(
+                writes.record_event(
                     "spawn_requests_served",
                     self._actor,
                     "operator_request",
@@ -198,26 +229,26 @@ class Executor:
                         "allowed": served.allowed,
                         "held_back": [r.value for r in served.held_back],
                     },
-                    fence=fence,
                 )
-            await self._record_breaker(plan, fence)
-        except LeaseLost:
-            raise
-        except OrchestratorError as exc:
-            log.warning("observation_record_failed", error=str(exc))
-
-    async def _record_breaker(self, plan: Plan, fence: Fence | None) -> None:
-        move = plan.breaker.transition if plan.breaker is not None else None
-        if move is None:
-            return
-        kind = "breaker_opened" if move.to is BreakerState.OPEN else "breaker_closed"
-        detail = {"probe_interval_sec": move.probe_interval_sec, "message": move.message}
-        assert plan.breaker is not None
-        detail.update(
-            rate=plan.breaker.rate, failed=plan.breaker.failed, proven=plan.breaker.proven
-        )
-        await self._store.record_event(kind, self._actor, move.reason.value, detail, fence=fence)
-        log.warning(kind, reason=move.reason, message=move.message, **{"rate": plan.breaker.rate})
+            )
+        breaker = plan.breaker
+        if breaker is not None and breaker.transition is not None:
+            move = breaker.transition
+            group.append(
+                writes.record_event(
+                    _breaker_event(move),
+                    self._actor,
+                    move.reason.value,
+                    {
+                        "probe_interval_sec": move.probe_interval_sec,
+                        "message": move.message,
+                        "rate": breaker.rate,
+                        "failed": breaker.failed,
+                        "proven": breaker.proven,
+                    },
+                )
+            )
+        return group
 
     async def _run(
         self, action: Action, pods: dict[str, str | None], now: datetime, step: _Step
@@ -277,28 +308,30 @@ class Executor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _launch(self, step: _Step, offering: str | None, now: datetime) -> str:
-        action, fence = step.action, step.fence
+        action = step.action
         if step.cycle.billing_hold is not None:
             raise _Held(f"billing hold: {step.cycle.billing_hold}")
         worker_id = new_worker_id(self._prefix, now)
         # The intent row comes first, fenced: a crash after it leaves a `spawning` row
         # that reconciliation resolves, never an untracked pod, and a stale leader
         # gets no further.
-        await self._store.create_worker(
-            worker_id,
-            self._provider.name,
-            {
-                "reason": action.reason.value,
-                "offering": offering,
-                "probe": action.probe,
-                "fingerprint": self._fingerprint,
-            },
-            fence=fence,
+        await step.write(
+            writes.create_worker(
+                worker_id,
+                self._provider.name,
+                {
+                    "reason": action.reason.value,
+                    "offering": offering,
+                    "probe": action.probe,
+                    "fingerprint": self._fingerprint,
+                },
+            )
         )
         spec = PodSpec(worker_id, self._pod_env(worker_id), offering)
-        step.before_provider_call()
         try:
-            pod = await self._provider.create_pod(spec)
+            pod = await step.call_provider(lambda: self._provider.create_pod(spec))
+        except LeaseLost:
+            raise
         except TransientProviderError as exc:
             # The pod may exist: the row stays `spawning` and a later list adopts it.
             log.warning("create_unresolved", worker_id=worker_id, error=str(exc))
@@ -306,16 +339,18 @@ class Executor:
         except OrchestratorError as exc:
             if isinstance(exc, BalanceError):  # the account cannot pay: no other launch now
                 step.cycle.billing_hold = str(exc)
-            await self._store.transition_worker(
-                worker_id,
-                WorkerStatus.ERROR,
-                _launch_outcome(exc),
-                {"error": str(exc)},
-                fence=fence,
-                released=True,
+            await step.write(
+                writes.transition_worker(
+                    worker_id,
+                    WorkerStatus.ERROR,
+                    _launch_outcome(exc),
+                    {"error": str(exc)},
+                    released=True,
+                ),
+                compare=False,
             )
             raise
-        await self._store.record_pod(worker_id, pod.pod_id, pod.cost_per_hr, fence=fence)
+        await step.write(writes.record_pod(worker_id, pod.pod_id, pod.cost_per_hr))
         log.info(
             "worker_spawned",
             worker_id=worker_id,
@@ -329,60 +364,65 @@ class Executor:
     async def _adopt_pod(self, step: _Step) -> str:
         action = step.action
         assert action.worker_id is not None and action.pod_id is not None
-        adopted = await self._store.record_pod(
-            action.worker_id, action.pod_id, action.cost_per_hr, fence=step.fence, adopted=True
+        await step.write(
+            writes.record_pod(action.worker_id, action.pod_id, action.cost_per_hr, adopted=True)
         )
-        if not adopted:
-            raise _LostRace
         log.info("pod_adopted", worker_id=action.worker_id, pod_id=action.pod_id)
         return action.worker_id
 
-    async def _transition(self, step: _Step, to: WorkerStatus) -> str:
+    def _transition(self, step: _Step, to: WorkerStatus) -> writes.Write:
+        """The compare-and-set on what the plan judged (`expect`)."""
         action = step.action
         assert action.worker_id is not None
-        moved = await self._store.transition_worker(
-            action.worker_id,
-            to,
-            action.reason,
-            {"message": action.message},
-            fence=step.fence,
-            expect=action.expect,
+        return writes.transition_worker(
+            action.worker_id, to, action.reason, {"message": action.message}, expect=action.expect
         )
-        if not moved:
-            raise _LostRace
-        return action.worker_id
 
     async def _fail(self, step: _Step, pods: dict[str, str | None]) -> str:
-        await self._transition(step, WorkerStatus.ERROR)
-        return await self._release(step, pods)
+        worker_id = await self._release_pod(
+            step, pods, holder_died=True, first=self._transition(step, WorkerStatus.ERROR)
+        )
+        await step.write(writes.mark_released(worker_id))
+        return worker_id
 
     async def _drain(self, step: _Step) -> str:
-        return await self._transition(step, WorkerStatus.TERMINATING)
+        await step.write(self._transition(step, WorkerStatus.TERMINATING))
+        assert step.action.worker_id is not None
+        return step.action.worker_id
 
     async def _release(self, step: _Step, pods: dict[str, str | None]) -> str:
         """A failed worker: requeue what it held, terminate its pod, record it gone."""
         worker_id = await self._release_pod(step, pods, holder_died=True)
-        await self._store.mark_released(worker_id, fence=step.fence)
+        await step.write(writes.mark_released(worker_id))
         return worker_id
 
     async def _stop(self, step: _Step, pods: dict[str, str | None]) -> str:
-        await self._release_pod(step, pods, holder_died=False)
-        return await self._transition(step, WorkerStatus.TERMINATED)
+        worker_id = await self._release_pod(step, pods, holder_died=False)
+        await step.write(self._transition(step, WorkerStatus.TERMINATED))
+        return worker_id
 
     async def _release_pod(
-        self, step: _Step, pods: dict[str, str | None], *, holder_died: bool
+        self,
+        step: _Step,
+        pods: dict[str, str | None],
+        *,
+        holder_died: bool,
+        first: writes.Write | None = None,
     ) -> str:
+        """Requeues what the worker held (after `first`, in the same group, when it
+        passes), then terminates its pod."""
         action = step.action
         worker_id = action.worker_id
         assert worker_id is not None
-        released = await self._store.release_tasks(
+        release = writes.release_tasks(
             worker_id,
             None,
             self._max_attempts,
             f"worker {worker_id} lost: {action.reason.value}",
-            fence=step.fence,
             holder_died=holder_died,
         )
+        answers = await step.write(*(() if first is None else (first,)), release)
+        released = released_from(answers[-1])
         if released:
             log.info(
                 "tasks_released",
@@ -392,36 +432,40 @@ class Executor:
                 dead_lettered=len(released.failed),
                 quarantined=list(released.quarantined),
             )
-        step.before_provider_call()
-        await self._provider.terminate_pod(worker_id, pods.get(worker_id))
+        await step.call_provider(
+            lambda: self._provider.terminate_pod(worker_id, pods.get(worker_id))
+        )
         return worker_id
 
     async def _terminate_orphan_pod(self, step: _Step) -> str | None:
         action = step.action
         assert action.worker_id is not None
         # Recorded first: the fenced write that entitles this leader to the delete.
-        await self._store.record_event(
-            "orphan_pod_terminating",
-            self._actor,
-            action.reason.value,
-            {"pod_id": action.pod_id, "name": action.worker_id},
-            fence=step.fence,
+        await step.write(
+            writes.record_event(
+                "orphan_pod_terminating",
+                self._actor,
+                action.reason.value,
+                {"pod_id": action.pod_id, "name": action.worker_id},
+            )
         )
-        step.before_provider_call()
-        await self._provider.terminate_pod(action.worker_id, action.pod_id)
+        await step.call_provider(
+            lambda: self._provider.terminate_pod(action.worker_id or "", action.pod_id)
+        )
         log.warning("orphan_pod_terminated", pod_id=action.pod_id, name=action.worker_id)
         return action.worker_id
 
     async def _requeue_orphan(self, step: _Step) -> str | None:
         action = step.action
-        released = await self._store.release_tasks(
-            action.worker_id,
-            action.task_id,
-            self._max_attempts,
-            f"holder {action.worker_id} gone: {action.reason.value}",
-            fence=step.fence,
+        answers = await step.write(
+            writes.release_tasks(
+                action.worker_id,
+                action.task_id,
+                self._max_attempts,
+                f"holder {action.worker_id} gone: {action.reason.value}",
+            )
         )
-        if not released:
+        if not released_from(answers[0]):
             raise _LostRace
         return action.worker_id
 
@@ -439,12 +483,51 @@ class _Step:
 
     action: Action
     fence: Fence | None
+    barrier: WriteBarrier  # where its writes meet those of the other actions
+    provider_gate: asyncio.Semaphore  # bounds the cycle's provider calls under way
     cycle: _CycleState = field(default_factory=_CycleState)
 
-    def before_provider_call(self) -> None:
-        """A pod is touched only while the lease the last write passed is still ours."""
-        if self.fence is not None:
-            self.fence.check()
+    async def write(self, *group: writes.Write, compare: bool = True) -> tuple[Any, ...]:
+        """The answers of `group`, written in one transaction with the other actions'
+        writes. `_LostRace` when a compare-and-set in it found the row moved on
+        (`compare=False`: the outcome is recorded whether or not it moved)."""
+        answer = await self.barrier.write(*group)
+        if answer.error is not None:
+            raise answer.error
+        if compare and answer.answers[-1] is False:
+            raise _LostRace
+        return answer.answers
+
+    async def call_provider(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A pod is touched only while the lease the last write passed is still ours.
+        Never write while holding the gate: the barrier waits for every action."""
+        async with self.provider_gate:
+            if self.fence is not None:
+                self.fence.check()
+            return await call()
+
+
+def _breaker_event(move: BreakerTransition) -> str:
+    return "breaker_opened" if move.to is BreakerState.OPEN else "breaker_closed"
+
+
+def _log_observations(plan: Plan) -> None:
+    """Once recorded: a blind spell and a breaker move are worth an operator's eye."""
+    if plan.observation_gap is not None:
+        since, until = plan.observation_gap
+        log.warning(
+            "observation_gap",
+            since=since.isoformat(),
+            seconds=round((until - since).total_seconds(), 1),
+            message="nobody read the database meanwhile: workers get a full "
+            "heartbeat timeout from now before they are judged",
+        )
+    breaker = plan.breaker
+    if breaker is not None and breaker.transition is not None:
+        move = breaker.transition
+        log.warning(
+            _breaker_event(move), reason=move.reason, message=move.message, rate=breaker.rate
+        )
 
 
 def _launch_outcome(exc: OrchestratorError) -> Reason:

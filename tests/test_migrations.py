@@ -127,6 +127,7 @@ async def test_every_sql_function_the_stores_call_exists_after_migrating(dsn: st
     # The parse itself must work, or this test would check nothing.
     assert {
         "orch_snapshot",
+        "orch_apply_writes",
         "orch_transition_worker",
         "orch_release_tasks",
         "orch_acquire_lease",

@@ -22,9 +22,11 @@ from gpu_orchestrator.errors import LeaseLost, SchemaMissing, SettingsError, Sto
 from gpu_orchestrator.loop import LEASE_NAME
 from gpu_orchestrator.models import Expected, Reason, WorkerStatus
 from gpu_orchestrator.runtime import connect_rest_store, open_runtime
+from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.base import Fence
 from gpu_orchestrator.store.postgres import PostgresStore
 from gpu_orchestrator.store.supabase import SupabaseStore
+from gpu_orchestrator.store.writes import GroupAnswer
 
 
 async def _serve(dsn: str) -> AsyncIterator[tuple[str, FakePostgrest]]:
@@ -111,6 +113,35 @@ async def test_a_worker_lifecycle_has_the_same_semantics_on_both_stores(any_stor
     assert len(await store.list_tasks("Queued", 10)) == 1
     assert [line["message"] for line in await store.list_logs("gpu-1", None, 10)] == ["booted"]
     await store.release_lease(LEASE_NAME, "orch")
+
+
+async def test_a_batch_of_writes_has_the_same_semantics_on_both_stores(any_store) -> None:
+    store = any_store
+    lease = await store.acquire_lease(LEASE_NAME, "orch", 30)
+    fence = Fence(LEASE_NAME, lease.epoch, time.monotonic() + 30)
+    answers = await store.apply_writes(
+        [
+            [writes.create_worker("gpu-1", "local", {"reason": "queue_demand"})],
+            [
+                writes.create_worker("gpu-2", "local", {}),
+                writes.transition_worker(
+                    "gpu-2",
+                    WorkerStatus.TERMINATING,
+                    Reason.SCALED_DOWN,
+                    expect=Expected(WorkerStatus.ACTIVE),
+                ),
+            ],
+            [writes.create_worker("gpu-1", "local", {})],
+        ],
+        fence=fence,
+    )
+    assert answers[0] == GroupAnswer((None,))
+    assert answers[1] == GroupAnswer((None, False))  # it is spawning, not active
+    assert answers[2].error is not None  # gpu-1 exists: this action alone is undone
+    await store.release_lease(LEASE_NAME, "orch")
+    await store.acquire_lease(LEASE_NAME, "other", 30)
+    with pytest.raises(LeaseLost):
+        await store.apply_writes([[writes.create_worker("gpu-3", "local", {})]], fence=fence)
 
 
 async def test_a_stale_lease_is_refused_the_same_way_by_both_stores(any_store) -> None:

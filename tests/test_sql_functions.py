@@ -756,7 +756,7 @@ async def test_the_snapshot_clock_is_the_database_clock(store: PostgresStore) ->
     assert isinstance(doc["now"], float)  # epoch seconds: no zone to misread
     from gpu_orchestrator.store.snapshot import parse_snapshot
 
-    parsed = parse_snapshot(doc, horizon_sec=1800).now
+    parsed = parse_snapshot(doc).now
     assert parsed.tzinfo is not None
     assert timedelta(0) <= db_now - parsed < timedelta(seconds=5)
 
@@ -789,3 +789,31 @@ async def test_log_retention_deletes_only_lines_older_than_the_limit(store: Post
     kept = await store.pool.fetch("select message from system_logs order by timestamp")
     assert [r["message"] for r in kept] == ["recent", "now"]
     assert await store.pool.fetchval("select orch_prune_system_logs(interval '7 days')") == 0
+
+
+async def test_the_snapshot_says_which_rows_the_cycle_acts_on_and_which_are_history(
+    store: PostgresStore,
+) -> None:
+    await store.pool.execute(
+        """
+        insert into workers (id, status, provider, created_at, ready_at, failed_at,
+                             terminated_at, termination_reason)
+        values ('live', 'active', 'local', now() - interval '3 hours',
+                now() - interval '3 hours', null, null, null),
+               ('failing', 'error', 'local', now() - interval '3 hours', null,
+                now() - interval '3 hours', null, 'boot_timeout'),
+               ('failed-lately', 'error', 'local', now() - interval '3 hours', null,
+                now() - interval '5 minutes', now() - interval '4 minutes', 'crashed'),
+               ('ended-long-ago', 'terminated', 'local', now() - interval '3 hours',
+                now() - interval '3 hours', null, now() - interval '2 hours', 'drained'),
+               ('external', 'external', 'local', now() - interval '3 hours', null, null,
+                null, null)
+        """
+    )
+    snapshot = await store.observe(horizon_sec=1800)
+    assert sorted(w.id for w in snapshot.workers) == ["external", "failing", "live"]
+    launches = {launch.worker_id: launch for launch in snapshot.launches}
+    assert sorted(launches) == ["failed-lately", "live"]
+    assert launches["live"].live and not launches["failed-lately"].live
+    assert launches["failed-lately"].failure is Reason.CRASHED
+    assert launches["failed-lately"].failed_at is not None

@@ -11,7 +11,7 @@ to report before it is judged on silence or on a missed boot deadline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from ..models import (
@@ -171,10 +171,13 @@ def orphan_requeues(snapshot: Snapshot) -> list[Action]:
 
 
 def health_actions(
-    snapshot: Snapshot, cfg: PolicyConfig, blind_until: datetime | None = None
+    snapshot: Snapshot,
+    cfg: PolicyConfig,
+    holds: Mapping[str, Sequence[TaskHold]],
+    blind_until: datetime | None = None,
 ) -> list[Action]:
-    """Every health action of this cycle, workers in snapshot order, then orphans."""
-    holds = snapshot.holds_by_worker()
+    """Every health action of this cycle, workers in snapshot order, then orphans.
+    `holds`: the snapshot's `holds_by_worker()`."""
     now = snapshot.now
     actions = [
         action

@@ -22,7 +22,13 @@ from ..models import (
 from .breaker import assess_breaker
 from .capacity import billing_hold, offering_backoffs
 from .health import health_actions, observation_gap
-from .reconcile import foreign_pods, pod_sightings, reconcile_actions, unsafe_pod_list
+from .reconcile import (
+    expecting_pods,
+    foreign_pods,
+    pod_sightings,
+    reconcile_actions,
+    unsafe_pod_list,
+)
 from .scaling import desired_workers, drain_candidates, queue_demand
 
 _ACCEPTS_TASKS = (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE)
@@ -39,11 +45,13 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
     """The plan for this cycle. Pure: same snapshot and config, same plan."""
     gap = observation_gap(snapshot, cfg)
     blind_until = snapshot.now if gap is not None else snapshot.blind_until
-    health = health_actions(snapshot, cfg, blind_until)
-    judged = {a.worker_id for a in health if a.worker_id}
-    health += reconcile_actions(snapshot, cfg, judged, blind_until)
-    leaving = {a.worker_id for a in health if a.kind in (ActionKind.FAIL, ActionKind.STOP)}
     holds = snapshot.holds_by_worker()
+    expecting = expecting_pods(snapshot, cfg)
+    unsafe = unsafe_pod_list(snapshot, expecting)
+    health = health_actions(snapshot, cfg, holds, blind_until)
+    judged = {a.worker_id for a in health if a.worker_id}
+    health += reconcile_actions(snapshot, cfg, judged, unsafe, blind_until)
+    leaving = {a.worker_id for a in health if a.kind in (ActionKind.FAIL, ActionKind.STOP)}
 
     serving = [w for w in snapshot.workers if w.status in _ACCEPTS_TASKS and w.id not in leaving]
     capacity = len(serving)
@@ -119,8 +127,8 @@ def decide(snapshot: Snapshot, cfg: PolicyConfig) -> Plan:
         held_back=launches.held_back,
         breaker=breaker,
         backoffs=backoffs,
-        unsafe=unsafe_pod_list(snapshot, cfg) if snapshot.pods is not None else None,
-        sightings=pod_sightings(snapshot, cfg),
+        unsafe=unsafe if snapshot.pods is not None else None,
+        sightings=pod_sightings(snapshot, expecting, unsafe),
         foreign_pods=foreign_pods(snapshot, cfg),
         served_requests=served,
         billing_hold_since=None if hold is None else hold[0],

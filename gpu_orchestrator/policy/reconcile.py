@@ -19,7 +19,7 @@ Nothing is reconciled when the list was not read, or when it looks impossible
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 from ..models import (
@@ -78,8 +78,11 @@ def foreign_pods(snapshot: Snapshot, cfg: PolicyConfig) -> tuple[str, ...]:
     )
 
 
-def _expecting_pods(snapshot: Snapshot, cfg: PolicyConfig) -> list[WorkerView]:
-    """Live rows with a pod that every list should show by now."""
+def expecting_pods(snapshot: Snapshot, cfg: PolicyConfig) -> list[WorkerView]:
+    """Live rows with a pod that every list should show by now (none when no list
+    was read: there is nothing to hold them against)."""
+    if snapshot.pods is None:
+        return []
     return [
         w
         for w in snapshot.workers
@@ -87,26 +90,25 @@ def _expecting_pods(snapshot: Snapshot, cfg: PolicyConfig) -> list[WorkerView]:
     ]
 
 
-def unsafe_pod_list(snapshot: Snapshot, cfg: PolicyConfig) -> str | None:
-    """Why the pod list must not be acted on this cycle, if it must not."""
+def unsafe_pod_list(snapshot: Snapshot, expecting: Sequence[WorkerView]) -> str | None:
+    """Why the pod list must not be acted on this cycle, if it must not.
+    `expecting`: `expecting_pods` of this snapshot."""
     if snapshot.pods is None:
         return "pod list not read"
-    expected = _expecting_pods(snapshot, cfg)
-    if not snapshot.pods and len(expected) >= 2:
-        return f"provider lists no pods while {len(expected)} rows expect one"
+    if not snapshot.pods and len(expecting) >= 2:
+        return f"provider lists no pods while {len(expecting)} rows expect one"
     return None
 
 
-def pod_sightings(snapshot: Snapshot, cfg: PolicyConfig) -> PodSightings | None:
-    """Which rows' pods this list missed for the first time, and which are back."""
-    if snapshot.pods is None or unsafe_pod_list(snapshot, cfg) is not None:
+def pod_sightings(
+    snapshot: Snapshot, expecting: Sequence[WorkerView], unsafe: str | None
+) -> PodSightings | None:
+    """Which rows' pods this list missed for the first time, and which are back.
+    `unsafe`: `unsafe_pod_list` of this snapshot."""
+    if snapshot.pods is None or unsafe is not None:
         return None
     listed = {pod.name for pod in snapshot.pods}
-    missing = tuple(
-        w.id
-        for w in _expecting_pods(snapshot, cfg)
-        if w.id not in listed and w.pod_missing_since is None
-    )
+    missing = tuple(w.id for w in expecting if w.id not in listed and w.pod_missing_since is None)
     seen = tuple(
         w.id for w in snapshot.workers if w.pod_missing_since is not None and w.id in listed
     )
@@ -117,10 +119,12 @@ def reconcile_actions(
     snapshot: Snapshot,
     cfg: PolicyConfig,
     busy: Collection[str],
+    unsafe: str | None,
     blind_until: datetime | None = None,
 ) -> list[Action]:
-    """Actions from the pod list; `busy`: workers that already have an action."""
-    if snapshot.pods is None or unsafe_pod_list(snapshot, cfg) is not None:
+    """Actions from the pod list; `busy`: workers that already have an action;
+    `unsafe`: `unsafe_pod_list` of this snapshot."""
+    if snapshot.pods is None or unsafe is not None:
         return []
     pods = {pod.name: pod for pod in snapshot.pods}
     rows = {w.id for w in snapshot.workers}

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ..errors import LeaseLost
 from ..models import Expected, Reason, Snapshot, WorkerStatus
+from .writes import GroupAnswer, Write
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,12 @@ class OrchestratorStore(Protocol):
     ) -> None:
         """Appends a breaker transition, a blind spell, an orphan pod or an operator
         lever to `orchestrator_events`."""
+
+    async def apply_writes(
+        self, groups: Sequence[Sequence[Write]], *, fence: Fence | None
+    ) -> list[GroupAnswer]:
+        """The writes of many actions in one call, one group per action (see
+        `writes`); one answer per group. `LeaseLost`: none of them applied."""
 
     async def set_setting(self, name: str, value: Any) -> None:
         """A setting the database enforces whoever calls (`max_task_attempts`)."""

@@ -18,6 +18,7 @@ from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
 from .base import Demand, Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
 from .migrate import ADOPTED
 from .snapshot import parse_snapshot
+from .writes import GroupAnswer, Write, batch_json, group_answers
 
 # Errors that mean "the store could not be reached or answered", translated at
 # this edge so the loop deals with one category.
@@ -138,7 +139,7 @@ class PostgresStore:
             queue_cap,
             *self._demand.params(),
         )
-        return parse_snapshot(doc, horizon_sec, queue_cap)
+        return parse_snapshot(doc, queue_cap)
 
     async def create_worker(
         self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
@@ -261,6 +262,17 @@ class PostgresStore:
             reason,
             detail or {},
         )
+
+    async def apply_writes(
+        self, groups: Sequence[Sequence[Write]], *, fence: Fence | None
+    ) -> list[GroupAnswer]:
+        out = await self._call(
+            "apply_writes",
+            "orch_apply_writes($1, $2, $3)",
+            *_lease(fence),
+            batch_json(groups),
+        )
+        return group_answers(out)
 
     async def set_setting(self, name: str, value: Any) -> None:
         await self._call("set_setting", "orch_set_setting($1, $2)", name, value)

@@ -1,8 +1,9 @@
 """Turns the `orch_snapshot()` JSON document into a `Snapshot`.
 
-Rows arrive as positional arrays with times as epoch seconds (see the SQL): one
-worker row serves both as a `WorkerView` (when the cycle may act on it) and as a
-`Launch` (when it belongs to the breaker's history).
+Rows arrive as positional arrays with times as epoch seconds (see the SQL). The
+database says which roles a worker row plays: a `WorkerView` (the cycle may act
+on it), a `Launch` (it belongs to the breaker's history), or both; each time is
+converted once and shared by both.
 """
 
 from __future__ import annotations
@@ -24,18 +25,6 @@ from ..models import (
     WorkerView,
 )
 
-# Statuses of rows the cycle acts on while their pod is not released.
-_ROW_STATUSES = frozenset(
-    {
-        WorkerStatus.SPAWNING,
-        WorkerStatus.ACTIVE,
-        WorkerStatus.TERMINATING,
-        WorkerStatus.ERROR,
-        WorkerStatus.EXTERNAL,
-    }
-)
-_LIVE = frozenset({WorkerStatus.SPAWNING, WorkerStatus.ACTIVE, WorkerStatus.TERMINATING})
-
 
 def _ts(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
@@ -46,47 +35,39 @@ _STATUS = {s.value: s for s in WorkerStatus}
 _REASON = {r.value: r for r in Reason}
 
 
-def _split_workers(
-    rows: list[list[Any]], since: float
-) -> tuple[tuple[WorkerView, ...], tuple[Launch, ...]]:
-    """`since`: epoch seconds where the breaker's history starts."""
+def _split_workers(rows: list[list[Any]]) -> tuple[tuple[WorkerView, ...], tuple[Launch, ...]]:
+    # Thousands of rows per cycle: conversions are inlined, not calls of `_ts`.
     workers: list[WorkerView] = []
     launches: list[Launch] = []
     stamp = datetime.fromtimestamp
     for (
-        wid, raw_status, created, ready, heartbeat, drain, terminated, finished,
-        completed, pod_id, termination, offering, probe, failed, task_caused, cost,
-        missing, fingerprint,
+        wid, raw_status, acted_on, launch, live, created, ready, heartbeat, drain, finished,
+        completed, pod_id, termination, cost, missing, offering, probe, failed, task_caused,
+        fingerprint,
     ) in rows:  # fmt: skip
         status = _STATUS.get(raw_status, WorkerStatus.UNKNOWN)
         created_at = stamp(created, UTC)
         ready_at = None if ready is None else stamp(ready, UTC)
         reason = None if termination is None else _REASON.get(termination, Reason.UNKNOWN)
-        if terminated is None and status in _ROW_STATUSES:
+        if acted_on:
             workers.append(
                 WorkerView(
                     wid,
                     status,
                     created_at,
                     ready_at,
-                    _ts(heartbeat),
-                    _ts(drain),
+                    None if heartbeat is None else stamp(heartbeat, UTC),
+                    None if drain is None else stamp(drain, UTC),
                     None,
-                    _ts(finished),
+                    None if finished is None else stamp(finished, UTC),
                     completed,
                     pod_id,
                     reason,
                     None if cost is None else float(cost),
-                    _ts(missing),
+                    None if missing is None else stamp(missing, UTC),
                 )
             )
-        live = terminated is None and status in _LIVE
-        if (
-            live
-            or created > since
-            or (ready is not None and ready > since)
-            or (failed is not None and failed > since)
-        ):
+        if launch:
             launches.append(
                 Launch(
                     wid,
@@ -96,7 +77,7 @@ def _split_workers(
                     pod_id is not None,
                     live,
                     ready_at,
-                    _ts(failed),
+                    None if failed is None else stamp(failed, UTC),
                     reason if status is WorkerStatus.ERROR else None,
                     bool(task_caused),
                     completed,
@@ -128,19 +109,24 @@ def _controls(row: dict[str, Any]) -> Controls:
     )
 
 
-def parse_snapshot(
-    doc: dict[str, Any], horizon_sec: float, queue_cap: int | None = None
-) -> Snapshot:
+def parse_snapshot(doc: dict[str, Any], queue_cap: int | None = None) -> Snapshot:
     """Raises `StoreError` when the document is not a snapshot: a cycle never acts
     on a world it could not read."""
+    stamp = datetime.fromtimestamp
     try:
-        now = datetime.fromtimestamp(doc["now"], UTC)
-        workers, launches = _split_workers(doc["workers"], doc["now"] - horizon_sec)
+        now = stamp(doc["now"], UTC)
+        workers, launches = _split_workers(doc["workers"])
         return Snapshot(
             now=now,
             workers=workers,
             holds=tuple(
-                TaskHold(str(task), holder, _ts(started), int(attempts), task_type)
+                TaskHold(
+                    task,
+                    holder,
+                    None if started is None else stamp(started, UTC),
+                    attempts,
+                    task_type,
+                )
                 for task, holder, started, attempts, task_type in doc["holds"]
             ),
             queue=QueueStats(

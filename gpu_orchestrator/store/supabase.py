@@ -25,10 +25,12 @@ from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from ..errors import LeaseLost, SchemaMissing, StoreError
-from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
+from ..models import Expected, Reason, Snapshot, WorkerStatus
+from . import writes
 from .base import Demand, Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
 from .migrate import ADOPTED_SCHEMA
 from .snapshot import parse_snapshot
+from .writes import GroupAnswer, Write, batch_json, group_answers
 
 _READ_TRIES = 3
 _LEASE_LOST = "GOL01"
@@ -147,7 +149,7 @@ class SupabaseStore:
             },
             read=True,
         )
-        return parse_snapshot(doc, horizon_sec, queue_cap)
+        return parse_snapshot(doc, queue_cap)
 
     async def create_worker(
         self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
@@ -206,24 +208,14 @@ class SupabaseStore:
         expect: Expected | None = None,
         released: bool = False,
     ) -> bool:
-        sources = sources_of(to) if expect is None else (expect.status.value,)
-        heartbeat = None if expect is None or expect.heartbeat is None else expect.heartbeat
+        write = writes.transition_worker(
+            worker_id, to, reason, detail, expect=expect, released=released
+        )
         return bool(
             await self._rpc(
                 "transition_worker",
                 "orch_transition_worker",
-                {
-                    **_lease(fence),
-                    "worker_id_param": worker_id,
-                    "from_param": list(sources),
-                    "to_param": to.value,
-                    "reason_param": reason.value,
-                    "detail_param": dict(detail or {}),
-                    "released_param": released,
-                    "check_heartbeat_param": expect is not None and expect.heartbeat_judged,
-                    "heartbeat_seen_param": None if heartbeat is None else heartbeat.isoformat(),
-                    "require_idle_param": expect is not None and expect.idle,
-                },
+                {**_lease(fence), **write.as_params()},
             )
         )
 
@@ -276,6 +268,16 @@ class SupabaseStore:
                 "detail_param": dict(detail or {}),
             },
         )
+
+    async def apply_writes(
+        self, groups: Sequence[Sequence[Write]], *, fence: Fence | None
+    ) -> list[GroupAnswer]:
+        out = await self._rpc(
+            "apply_writes",
+            "orch_apply_writes",
+            {**_lease(fence), "actions_param": batch_json(groups)},
+        )
+        return group_answers(out)
 
     async def set_setting(self, name: str, value: Any) -> None:
         await self._rpc(

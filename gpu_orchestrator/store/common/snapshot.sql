@@ -1,14 +1,20 @@
 -- Everything one cycle needs, in one round trip whatever the fleet size.
--- `workers`: rows the cycle may act on (not yet released, or `external`) and rows
--- launched, failed or ready within `horizon_sec_param` (the breaker's history),
--- each a positional array (see store/snapshot.py) with times as epoch seconds:
--- compact, and cheap to decode. `queued` stops counting at `queue_cap_param`
--- (null: exact): past the cap the plan is the same, and counting a deep queue
--- costs a scan of it. Demand is the queued GPU tasks: of the types in
--- `gpu_task_types_param` when given (`GPU_TASK_TYPES`), else of `run_type` 'gpu';
--- or, with `demand_sql_param` (`DEMAND_SQL_FUNCTION`, e.g. the app's count of the
--- tasks it would hand out), that function's answer. plpgsql so that plans are
--- cached per session.
+-- `workers`: each row says which roles it plays, so the selection lives here
+-- only: [id, status, acted_on, launch, live, created, ready, heartbeat, drain,
+-- finished, tasks_completed, pod_id, termination_reason, cost_per_hr,
+-- pod_missing_since, offering, probe, failed, task_caused, fingerprint]
+-- (see store/snapshot.py):
+-- - acted_on: not released and in a status the cycle manages (a `WorkerView`);
+-- - launch: live, or launched, failed or ready within `horizon_sec_param` (the
+--   breaker's history, a `Launch`);
+-- - live: its pod may still run.
+-- Times are float8 epoch seconds (`date_part` answers float8 directly).
+-- `queued` stops counting at `queue_cap_param` (null: exact): past the cap the
+-- plan is the same, and counting a deep queue costs a scan of it. Demand is the
+-- queued GPU tasks: of the types in `gpu_task_types_param` when given
+-- (`GPU_TASK_TYPES`), else of `run_type` 'gpu'; or, with `demand_sql_param`
+-- (`DEMAND_SQL_FUNCTION`, e.g. the app's count of the tasks it would hand out),
+-- that function's answer. plpgsql so that plans are cached per session.
 create or replace function orch_snapshot(
     horizon_sec_param double precision default 1800,
     queue_cap_param integer default null,
@@ -41,24 +47,29 @@ begin
         perform set_config('search_path', ours, true);
     end if;
     return json_build_object(
-        'now', extract(epoch from now()),
+        'now', date_part('epoch', now()),
         'workers', coalesce((
             select json_agg(json_build_array(
-                w.id, w.status, extract(epoch from w.created_at),
-                extract(epoch from w.ready_at), extract(epoch from w.last_heartbeat),
-                extract(epoch from w.drain_requested_at), extract(epoch from w.terminated_at),
-                extract(epoch from w.last_task_finished_at), w.tasks_completed, w.pod_id,
-                w.termination_reason, w.offering, w.probe, extract(epoch from w.failed_at),
-                w.task_caused, w.cost_per_hr,
-                extract(epoch from w.pod_missing_since), w.fingerprint))
-            from workers w
-            where (w.terminated_at is null
-                   and w.status in ('spawning', 'active', 'terminating', 'error', 'external'))
-               or w.created_at > since or w.failed_at > since or w.ready_at > since),
+                w.id, w.status, r.acted_on, r.live or w.created_at > since
+                    or w.failed_at > since or w.ready_at > since, r.live,
+                date_part('epoch', w.created_at), date_part('epoch', w.ready_at),
+                date_part('epoch', w.last_heartbeat), date_part('epoch', w.drain_requested_at),
+                date_part('epoch', w.last_task_finished_at), w.tasks_completed, w.pod_id,
+                w.termination_reason, w.cost_per_hr, date_part('epoch', w.pod_missing_since),
+                w.offering, w.probe, date_part('epoch', w.failed_at), w.task_caused,
+                w.fingerprint))
+            from workers w,
+                 lateral (select w.terminated_at is null
+                                 and w.status in ('spawning', 'active', 'terminating', 'error',
+                                                  'external') as acted_on,
+                                 w.terminated_at is null
+                                 and w.status in ('spawning', 'active', 'terminating') as live) r
+            where r.acted_on or w.created_at > since or w.failed_at > since
+               or w.ready_at > since),
             '[]'::json),
         'holds', coalesce((
             select json_agg(json_build_array(
-                t.id, t.worker_id, extract(epoch from t.generation_started_at), t.attempts,
+                t.id, t.worker_id, date_part('epoch', t.generation_started_at), t.attempts,
                 t.task_type))
             from tasks t
             where t.status = 'In Progress'), '[]'::json),
@@ -76,7 +87,7 @@ begin
             from tasks t
             where t.status in ('Complete', 'Failed') and t.generation_processed_at > since),
         'oldest_queued_at', (
-            select extract(epoch from q.created_at) from tasks q
+            select date_part('epoch', q.created_at) from tasks q
             where q.status = 'Queued' and q.attempts < lim
               and (q.task_type = any (gpu_task_types_param)
                    or (gpu_task_types_param is null and q.run_type = 'gpu'))
@@ -84,7 +95,7 @@ begin
         'breaker', (
             select json_build_object(
                 'state', case e.kind when 'breaker_opened' then 'open' else 'closed' end,
-                'at', extract(epoch from e.at), 'reason', e.reason,
+                'at', date_part('epoch', e.at), 'reason', e.reason,
                 'probe_interval_sec', (e.detail ->> 'probe_interval_sec')::double precision)
             from orchestrator_events e
             where e.kind in ('breaker_opened', 'breaker_closed')
@@ -94,7 +105,7 @@ begin
         'adopted', exists (select 1 from orchestrator_events e where e.kind = 'adopted'),
         -- the end of the latest spell during which nobody could read the database
         'blind_until', (
-            select extract(epoch from max(e.at)) from orchestrator_events e
+            select date_part('epoch', max(e.at)) from orchestrator_events e
             where e.kind = 'observation_gap'),
         'controls', json_build_object(
             'spawning_paused', coalesce((
@@ -108,7 +119,7 @@ begin
             -- an operator's reset, or the adoption of a legacy database: failures
             -- before it are forgiven
             'breaker_reset_at', (
-                select extract(epoch from max(e.at)) from orchestrator_events e
+                select date_part('epoch', max(e.at)) from orchestrator_events e
                 where e.kind in ('breaker_reset', 'adopted')),
             -- operator `spawn` requests not yet served by a leader: how many, up to which id
             'spawn_requests', (
