@@ -114,7 +114,8 @@ def test_permanent_outage_launches_stay_under_the_stated_bound(
         assert all(n <= bound for n in per_hour[first_hour + 1 :]), (per_hour, bound)
         after = sorted(at for at in run.world.launches if at > trips[0])
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(after)]
-        assert min(gaps, default=math.inf) >= min(interval, window) + boot_timeout, gaps
+        # a probe's failure may free the probation's slot in the cycle it is judged
+        assert min(gaps, default=math.inf) >= boot_timeout, gaps
 
 
 def test_simulate_prints_the_scorecard_of_one_scenario_and_policy():

@@ -311,8 +311,7 @@ def _judge_closed(
                 Reason.PROBATION_FAILED,
                 _doubled(record.probe_interval_sec, cfg),
                 now,
-                "a worker launched after the breaker closed (or booting when it closed) "
-                "failed before any proved itself",
+                "a worker launched after the breaker closed failed before any proved itself",
             )
     if evidence is None and _tripped(failed, proven, cfg):
         return _open(Reason.BREAKER_TRIPPED, base, now, _trip_message(failed, proven, cfg))
@@ -333,18 +332,8 @@ def _judge_closed(
 
 
 def _since(launches: tuple[Launch, ...], record: BreakerRecord) -> list[Launch]:
-    """Launches of the closing cycle and after, and those still booting when it
-    closed (a probe): they belong to the recovery, so a probe that fails after the
-    close fails the probation instead of making room for its next launch."""
-    return [
-        launch
-        for launch in launches
-        if launch.created_at >= record.at
-        or (
-            (launch.ready_at is None or launch.ready_at >= record.at)
-            and (launch.failed_at is None or launch.failed_at >= record.at)
-        )
-    ]
+    """Launches of the closing cycle and after: they belong to the recovery."""
+    return [launch for launch in launches if launch.created_at >= record.at]
 
 
 def _trip_message(failed: int, proven: int, cfg: PolicyConfig) -> str:
