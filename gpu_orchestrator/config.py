@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     task_stuck_timeout_by_type: Annotated[tuple[tuple[str, float], ...], NoDecode] = (
         ("*_orchestrator", 0.0),
     )
-    # demand: queued tasks of these types (unset: the tasks' `run_type` 'gpu'), or
+    # demand: queued GPU tasks (`run_type` 'gpu') of these types (unset: all), or
     # what this SQL function answers, e.g. `count_eligible_tasks_service_role(false, 'gpu')`
     gpu_task_types: Annotated[tuple[str, ...], NoDecode] = ()
     demand_sql_function: str | None = None

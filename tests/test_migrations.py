@@ -18,8 +18,10 @@ from gpu_orchestrator.models import WorkerStatus
 from gpu_orchestrator.store.migrate import (
     _LOCK_ID,
     apply_migrations,
+    inspect_database,
     migration_files,
     migration_script,
+    plan_text,
 )
 from gpu_orchestrator.store.postgres import PostgresStore
 
@@ -40,7 +42,10 @@ async def test_migrations_apply_on_an_empty_database_and_a_rerun_applies_nothing
     assert ALL_VERSIONS[:2] == ["0001_schema", "0002_functions"]
     conn = await asyncpg.connect(empty_dsn)
     try:
+        plan = plan_text(await inspect_database(conn))
+        assert plan.startswith("database: native") and "would apply: migrations/0001_schema" in plan
         assert await apply_migrations(conn) == ALL_VERSIONS
+        assert "would apply: nothing new" in plan_text(await inspect_database(conn))
         tables = {
             r["tablename"]
             for r in await conn.fetch(

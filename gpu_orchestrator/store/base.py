@@ -31,7 +31,7 @@ class Lease:
 @dataclass(frozen=True)
 class Demand:
     """How the snapshot counts demand (`GPU_TASK_TYPES`, `DEMAND_SQL_FUNCTION`):
-    queued tasks of these types (empty: of `run_type` 'gpu'), or what this SQL
+    queued GPU tasks of these types (empty: all of them), or what this SQL
     function answers (e.g. the app's count of the tasks it would hand out)."""
 
     gpu_task_types: tuple[str, ...] = ()

@@ -180,12 +180,18 @@ def plan_text(found: Inspection) -> str:
             + (
                 "would be extended in place (same signature, result, security definer, "
                 "search_path and grants; its old body still runs first)"
-                if found.pending
+                if not found.applied
                 else "extended in place when adopted"
             ),
         ]
     else:
         lines = ["database: native (gpu-orchestrator's own schema)"]
+        if found.markers:
+            lines.append(
+                "  note: it also has objects of Headless-Wan2GP / Reigh ("
+                + ", ".join(found.markers)
+                + "), but an older gpu-orchestrator set it up natively: it stays native"
+            )
     pending = ", ".join(f"{found.layout.folder}/{v}" for v in found.pending)
     lines.append(f"would apply: {pending or 'nothing new'}")
     lines.append(

@@ -123,13 +123,14 @@ left join worker_state s on s.worker_id = w.id
 cross join lateral (select orch_legacy_status(w.id, w.instance_type, w.status, w.metadata)
                     as status) l;
 
--- The app's tasks in our shape: the enum as text, and `run_type` from the app's
--- `task_types` where it has one (unknown types are GPU work, as in the app).
+-- The app's tasks in our shape: `run_type` from the app's `task_types` where it
+-- has one (unknown types are GPU work, as in the app). `status` stays the app's
+-- enum: compared with a literal it keeps the app's indexes on it usable.
 do $$
 begin
     execute format($view$
         create view tasks as
-        select t.id, t.task_type, t.params, t.status::text as status, t.worker_id, t.attempts,
+        select t.id, t.task_type, t.params, t.status, t.worker_id, t.attempts,
                t.created_at, coalesce(t.updated_at, t.created_at) as updated_at,
                t.generation_started_at, t.generation_processed_at, t.error_message,
                t.result_data, t.output_location, %s as run_type,

@@ -11,8 +11,9 @@
 -- Times are float8 epoch seconds (`date_part` answers float8 directly).
 -- `queued` stops counting at `queue_cap_param` (null: exact): past the cap the
 -- plan is the same, and counting a deep queue costs a scan of it. Demand is the
--- queued GPU tasks: of the types in `gpu_task_types_param` when given
--- (`GPU_TASK_TYPES`), else of `run_type` 'gpu'; or, with `demand_sql_param`
+-- queued tasks of `run_type` 'gpu' (the conditions of the partial index
+-- `tasks_queued_idx`: keep them plain), only of the types in
+-- `gpu_task_types_param` when given (`GPU_TASK_TYPES`); or, with `demand_sql_param`
 -- (`DEMAND_SQL_FUNCTION`, e.g. the app's count of the tasks it would hand out),
 -- that function's answer. plpgsql so that plans are cached per session.
 create or replace function orch_snapshot(
@@ -76,9 +77,8 @@ begin
         'queued', coalesce(demand, (
             select count(*) from (
                 select from tasks q
-                where q.status = 'Queued' and q.attempts < lim
-                  and (q.task_type = any (gpu_task_types_param)
-                       or (gpu_task_types_param is null and q.run_type = 'gpu'))
+                where q.status = 'Queued' and q.run_type = 'gpu' and q.attempts < lim
+                  and (gpu_task_types_param is null or q.task_type = any (gpu_task_types_param))
                 limit queue_cap_param) c)),
         -- task outcomes within the horizon, for the task failure rate alert
         'finished', (
@@ -88,9 +88,8 @@ begin
             where t.status in ('Complete', 'Failed') and t.generation_processed_at > since),
         'oldest_queued_at', (
             select date_part('epoch', q.created_at) from tasks q
-            where q.status = 'Queued' and q.attempts < lim
-              and (q.task_type = any (gpu_task_types_param)
-                   or (gpu_task_types_param is null and q.run_type = 'gpu'))
+            where q.status = 'Queued' and q.run_type = 'gpu' and q.attempts < lim
+              and (gpu_task_types_param is null or q.task_type = any (gpu_task_types_param))
             order by q.created_at, q.id limit 1),
         'breaker', (
             select json_build_object(
