@@ -421,6 +421,16 @@ async def test_once_spares_every_live_or_booting_legacy_worker_and_every_worker_
         await runtime.aclose()
     assert report.outcome == "ok", report.reason
     assert all(r.outcome in ("done", "lost_race") for r in report.results), report.results
+    # A legacy worker silent since before the adoption is failed, and forgiven: its
+    # failure is dated to its last heartbeat, before the breaker's reset point.
+    failed = {(r.worker_id, r.reason.value) for r in report.results if r.kind.value == "fail"}
+    assert ("gpu-20260410_110000-f6f6f6f6", "heartbeat_lost") in failed
+    store = await PostgresStore.connect(adopted_dsn, max_size=2)
+    try:
+        after = judge(await store.observe(), settings, {}).as_dict()
+    finally:
+        await store.close()
+    assert after["breaker"]["failed"] == 0, after["breaker"]
     deleted = {r.path.rsplit("/", 1)[-1] for r in fake.requests_to("DELETE")}
     assert not deleted & set(LIVE_PODS)
     assert report.snapshot is not None and report.snapshot.queue.queued == 3  # the app's count

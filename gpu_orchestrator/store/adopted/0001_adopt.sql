@@ -296,8 +296,13 @@ begin
                              else terminated_at end,
         termination_reason = case when to_param in ('error', 'terminated')
                                   then reason_param else termination_reason end,
-        failed_at = case when to_param = 'error' then coalesce(failed_at, now())
-                         else failed_at end
+        -- a legacy worker last heard of before the adoption died then: its failure
+        -- is forgiven with the rest (it neither counts nor ends a probation)
+        failed_at = case when to_param <> 'error' then failed_at
+                         when not prev.launched
+                              and coalesce(prev.last_heartbeat, prev.created_at) < orch_adopted_at()
+                         then coalesce(failed_at, prev.last_heartbeat, prev.created_at)
+                         else coalesce(failed_at, now()) end
     where worker_id = worker_id_param;
     perform orch_mirror_status(worker_id_param, to_param, case
         when to_param = 'error' then jsonb_build_object('error_reason', reason_param,
