@@ -25,8 +25,9 @@ from fake_postgrest import SERVICE_KEY, FakePostgrest
 from fake_runpod import FakeRunpod, serve_asgi
 from test_runpod_provider import KEY, provider_for, runpod_settings
 
-from gpu_orchestrator.config import load_settings
+from gpu_orchestrator.config import Settings, load_settings
 from gpu_orchestrator.errors import SettingsError
+from gpu_orchestrator.loop import CycleReport
 from gpu_orchestrator.models import Reason, WorkerStatus
 from gpu_orchestrator.ops.health import judge, render_text
 from gpu_orchestrator.runtime import connect_rest_store, open_runtime
@@ -405,20 +406,29 @@ async def test_a_queued_gpu_task_is_claimed_and_completed_through_the_legacy_fun
         await conn.close()
 
 
+async def _one_cycle(
+    dsn: str, fake: FakeRunpod, tmp_path: Path, **settings: object
+) -> tuple[Settings, CycleReport]:
+    """One cycle of the real loop on this database against the fake Runpod."""
+    cfg = runpod_settings(
+        dsn, orchestrator_data_dir=tmp_path, runpod_gpu_types="NVIDIA GeForce RTX 4090", **settings
+    )
+    runtime = await open_runtime(cfg, dsn=dsn, provider=provider_for(fake, cfg))
+    try:
+        return cfg, await runtime.orchestrator.run_cycle()
+    finally:
+        await runtime.aclose()
+
+
 async def test_once_spares_every_live_or_booting_legacy_worker_and_every_worker_without_a_pod(
     adopted_dsn: str, fake: FakeRunpod, tmp_path: Path
 ) -> None:
-    settings = runpod_settings(
+    settings, report = await _one_cycle(
         adopted_dsn,
-        orchestrator_data_dir=tmp_path,
-        runpod_gpu_types="NVIDIA GeForce RTX 4090",
+        fake,
+        tmp_path,
         demand_sql_function="count_eligible_tasks_service_role(false, 'gpu')",
     )
-    runtime = await open_runtime(settings, dsn=adopted_dsn, provider=provider_for(fake, settings))
-    try:
-        report = await runtime.orchestrator.run_cycle()
-    finally:
-        await runtime.aclose()
     assert report.outcome == "ok", report.reason
     assert all(r.outcome in ("done", "lost_race") for r in report.results), report.results
     # A legacy worker silent since before the adoption is failed, and forgiven: its
@@ -472,22 +482,10 @@ async def _everything(conn: asyncpg.Connection) -> dict[str, Any]:
 async def test_shadow_mode_writes_nothing_and_mutates_no_pod(
     adopted_dsn: str, fake: FakeRunpod, tmp_path: Path
 ) -> None:
-    settings = runpod_settings(
-        adopted_dsn,
-        orchestrator_data_dir=tmp_path,
-        runpod_gpu_types="NVIDIA GeForce RTX 4090",
-        shadow=True,
-    )
     conn = await asyncpg.connect(adopted_dsn)
     try:
         before = await _everything(conn)
-        runtime = await open_runtime(
-            settings, dsn=adopted_dsn, provider=provider_for(fake, settings)
-        )
-        try:
-            report = await runtime.orchestrator.run_cycle()
-        finally:
-            await runtime.aclose()
+        _, report = await _one_cycle(adopted_dsn, fake, tmp_path, shadow=True)
         assert await _everything(conn) == before
     finally:
         await conn.close()
