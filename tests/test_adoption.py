@@ -23,6 +23,7 @@ import pytest
 from conftest import _scratch_database, template_database
 from fake_postgrest import SERVICE_KEY, FakePostgrest
 from fake_runpod import FakeRunpod, serve_asgi
+from store_writes import write
 from test_runpod_provider import KEY, provider_for, runpod_settings
 
 from gpu_orchestrator.config import Settings, load_settings
@@ -31,6 +32,7 @@ from gpu_orchestrator.loop import CycleReport
 from gpu_orchestrator.models import Reason, WorkerStatus
 from gpu_orchestrator.ops.health import judge, render_text
 from gpu_orchestrator.runtime import connect_rest_store, open_runtime
+from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.migrate import (
     ADOPTED,
     NATIVE,
@@ -346,9 +348,12 @@ async def test_a_worker_we_launch_is_a_valid_app_row_becomes_ready_and_stays_dra
     conn = await asyncpg.connect(adopted_dsn)
     worker = "gpu-20260410133000-0badc0de"
     try:
-        assert store.adopted
-        await store.create_worker(
-            worker, "runpod", {"offering": "NVIDIA GeForce RTX 4090", "reason": "queue"}, fence=None
+        assert (await store.observe()).adopted  # it found our schema
+        await write(
+            store,
+            writes.create_worker(
+                worker, "runpod", {"offering": "NVIDIA GeForce RTX 4090", "reason": "queue"}
+            ),
         )
         row = await conn.fetchrow("select * from public.workers where id = $1", worker)
         assert row["instance_type"] == "NVIDIA GeForce RTX 4090" and row["status"] == "inactive"
@@ -513,7 +518,7 @@ async def test_the_rest_store_finds_our_schema_once_it_is_exposed(
             snapshot = await store.observe()
         finally:
             await store.close()
-    assert store.adopted and snapshot.adopted
+    assert snapshot.adopted  # read through schema `orchestrator`
     assert {w.id for w in snapshot.workers} >= {ACTIVE, BOOTING, *NO_POD}
 
 
@@ -527,7 +532,7 @@ async def test_a_dead_workers_task_is_requeued_through_the_apps_timing_trigger(
         assert await store.transition_worker(
             stale, WorkerStatus.ERROR, Reason.HEARTBEAT_LOST, fence=None
         )
-        released = await store.release_tasks(stale, None, 3, "worker lost", fence=None)
+        released = await write(store, writes.release_tasks(stale, None, 3, "worker lost"))
     finally:
         await store.close()
     assert released.requeued == (task,)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from store_writes import write
 
 import gpu_orchestrator
 from gpu_orchestrator.models import WorkerStatus
+from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.migrate import (
     _LOCK_ID,
     apply_migrations,
@@ -29,6 +31,7 @@ ALL_VERSIONS = [version for version, _ in migration_files()]
 STORE_DIR = Path(gpu_orchestrator.__file__).parent / "store"
 # An SQL function called from Python: `orch_...(` or `func_...(`, inside a query string.
 CALLED_FUNCTION = re.compile(r"\b((?:orch|func)_[a-z0-9_]+)\s*\(")
+WRITE_OP = re.compile(r"\bWrite\(\s*\"([a-z_]+)\"")
 
 
 async def _ledger(conn: asyncpg.Connection) -> list[str]:
@@ -121,9 +124,12 @@ async def test_two_processes_migrating_at_once_both_succeed_and_record_each_vers
 
 
 def _functions_the_stores_call() -> set[str]:
+    """Called by name, or run by `orch_apply_writes` for a `Write` op (store/writes.py)."""
     names: set[str] = set()
     for source in STORE_DIR.glob("*.py"):
-        names.update(CALLED_FUNCTION.findall(source.read_text(encoding="utf-8")))
+        text = source.read_text(encoding="utf-8")
+        names.update(CALLED_FUNCTION.findall(text))
+        names.update(f"orch_{op}" for op in WRITE_OP.findall(text))
     return names
 
 
@@ -180,7 +186,7 @@ async def test_the_snapshot_reads_legacy_worker_statuses_without_crashing(
     await store.pool.execute(
         "insert into workers (id, status) values ('legacy-1', $1)", legacy_status
     )
-    await store.create_worker("gpu-1", "local", {}, fence=None)
+    await write(store, writes.create_worker("gpu-1", "local", {}))
     seen = {w.id: w.status for w in (await store.observe()).workers}
     assert seen.get("gpu-1") is WorkerStatus.SPAWNING
     assert ("legacy-1" in seen) is in_snapshot

@@ -16,6 +16,7 @@ import pytest
 from e2e_support import cycle_until, drained, fast_settings
 from fake_postgrest import ANON_KEY, SERVICE_KEY, WORKER_KEY, FakePostgrest
 from fake_runpod import serve_asgi
+from store_writes import write
 
 from gpu_orchestrator.config import load_settings
 from gpu_orchestrator.errors import LeaseLost, SchemaMissing, SettingsError, StoreError
@@ -70,8 +71,10 @@ async def test_a_worker_lifecycle_has_the_same_semantics_on_both_stores(any_stor
     await store.set_setting("max_task_attempts", 3)
     assert await store.enqueue_tasks([{"task_type": "t", "params": {"n": 1}}] * 2) == 2
 
-    await store.create_worker("gpu-1", "local", {"reason": "queue_demand"}, fence=fence)
-    assert await store.record_pod("gpu-1", "pod-1", 0.44, fence=fence)
+    await write(
+        store, writes.create_worker("gpu-1", "local", {"reason": "queue_demand"}), fence=fence
+    )
+    assert await write(store, writes.record_pod("gpu-1", "pod-1", 0.44), fence=fence)
     beat = await store.heartbeat("gpu-1", [{"message": "booted", "level": "info"}], None)
     assert beat["success"] and beat["status"] == "active" and not beat["should_drain"]
     task = await store.claim_task("gpu-1")
@@ -101,10 +104,10 @@ async def test_a_worker_lifecycle_has_the_same_semantics_on_both_stores(any_stor
     assert await store.transition_worker(
         "gpu-1", WorkerStatus.TERMINATING, Reason.SCALED_DOWN, {"why": "t"}, fence=fence
     )
-    released = await store.release_tasks("gpu-1", None, 3, "drained", fence=fence)
+    released = await write(store, writes.release_tasks("gpu-1", None, 3, "drained"), fence=fence)
     assert not released
-    await store.record_pod_sightings(["gpu-1"], [], fence=fence)
-    await store.mark_released("gpu-1", fence=fence)
+    await write(store, writes.record_pod_sightings(["gpu-1"], []), fence=fence)
+    await write(store, writes.mark_released("gpu-1"), fence=fence)
     await store.record_event("breaker_reset", "ops", "test", {"n": 1}, fence=None)
     done = await store.maintenance(86400, fence=fence)
     assert done == {"logs_pruned": 0, "tasks_dead_lettered": 0}
@@ -149,8 +152,10 @@ async def test_a_stale_lease_is_refused_the_same_way_by_both_stores(any_store) -
     time.sleep(0.1)  # noqa: ASYNC251 - the lease lapses by the database clock
     assert (await any_store.acquire_lease(LEASE_NAME, "b", 30)).leader
     with pytest.raises(LeaseLost):
-        await any_store.create_worker(
-            "gpu-1", "local", {}, fence=Fence(LEASE_NAME, old.epoch, 1e12)
+        await write(
+            any_store,
+            writes.create_worker("gpu-1", "local", {}),
+            fence=Fence(LEASE_NAME, old.epoch, 1e12),
         )
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from fake_runpod import FakeRunpod
+from store_writes import write
 from structlog.testing import capture_logs
 
 from gpu_orchestrator.config import Settings, load_settings
@@ -22,6 +23,7 @@ from gpu_orchestrator.models import ActionKind
 from gpu_orchestrator.providers.base import PodSpec, worker_environment
 from gpu_orchestrator.providers.runpod import Pacer, RunpodProvider
 from gpu_orchestrator.runtime import Runtime, open_runtime
+from gpu_orchestrator.store import writes
 
 KEY = "rp_MARKER_0f9e8d7c6b5a"  # must never appear in a log line or an error
 
@@ -267,8 +269,9 @@ async def test_a_500_on_create_leaves_exactly_one_pod_owned_by_its_row(loop_with
 
 async def test_a_crash_between_intent_row_and_create_leaves_no_stuck_row(loop_with_fake):
     runtime, fake = loop_with_fake
-    await runtime.store.create_worker(
-        "gpu-20260101000000-0badc0de", "runpod", {"reason": "x"}, fence=None
+    await write(
+        runtime.store,
+        writes.create_worker("gpu-20260101000000-0badc0de", "runpod", {"reason": "x"}),
     )
     await asyncio.sleep(0.05)  # past POD_GRACE_SEC: a pod would be listed by now
 
@@ -287,7 +290,7 @@ async def test_a_crash_between_intent_row_and_create_leaves_no_stuck_row(loop_wi
 async def test_a_crash_between_create_and_recording_the_pod_leaves_no_orphan(loop_with_fake):
     runtime, fake = loop_with_fake
     name = "gpu-20260101000000-5eed5eed"
-    await runtime.store.create_worker(name, "runpod", {"reason": "x"}, fence=None)
+    await write(runtime.store, writes.create_worker(name, "runpod", {"reason": "x"}))
     await runtime.provider.create_pod(spec(name))  # no record_pod
 
     first = await runtime.orchestrator.run_cycle()

@@ -11,8 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from store_writes import write
 
 from gpu_orchestrator.models import Reason, WorkerStatus
+from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.postgres import PostgresStore
 
 # ---------------------------------------------------------------------------
@@ -35,7 +37,7 @@ async def _add_tasks(store: PostgresStore, count: int, *, minutes_ago: int = 0) 
 
 async def _worker(store: PostgresStore, worker_id: str, status: str = "active") -> None:
     """A worker row brought to `status` along the real transitions."""
-    await store.create_worker(worker_id, "local", {"reason": "queue_demand"}, fence=None)
+    await write(store, writes.create_worker(worker_id, "local", {"reason": "queue_demand"}))
     if status == "spawning":
         return
     if status in ("active", "terminating", "terminated"):
@@ -370,7 +372,7 @@ async def test_release_requeues_a_workers_tasks_and_dead_letters_those_at_the_li
         await store.claim_task("gpu-1")
     await store.claim_task("gpu-2")
 
-    released = await store.release_tasks("gpu-1", None, 3, "heartbeat_lost", fence=None)
+    released = await write(store, writes.release_tasks("gpu-1", None, 3, "heartbeat_lost"))
     assert released.requeued == (fresh,) and released.failed == (worn,)
     assert (await _task(store, fresh))["status"] == "Queued"
     assert (await _task(store, fresh))["attempts"] == 1
@@ -385,7 +387,7 @@ async def test_release_requeues_a_workers_tasks_and_dead_letters_those_at_the_li
         is not None
     )
 
-    again = await store.release_tasks("gpu-1", None, 3, "heartbeat_lost", fence=None)
+    again = await write(store, writes.release_tasks("gpu-1", None, 3, "heartbeat_lost"))
     assert again.requeued == () and again.failed == ()
 
 
@@ -396,12 +398,12 @@ async def test_release_of_one_task_leaves_the_workers_other_tasks_and_finished_t
     first, second = await _add_tasks(store, 2)
     await store.claim_task("gpu-1")
     await store.claim_task("gpu-1")
-    released = await store.release_tasks("gpu-1", second, 3, "stuck_task", fence=None)
+    released = await write(store, writes.release_tasks("gpu-1", second, 3, "stuck_task"))
     assert released.requeued == (second,)
     assert (await _task(store, first))["status"] == "In Progress"
 
     assert await store.complete_task(first, "gpu-1", {})
-    late = await store.release_tasks("gpu-1", first, 3, "stuck_task", fence=None)
+    late = await write(store, writes.release_tasks("gpu-1", first, 3, "stuck_task"))
     assert late.requeued == () and late.failed == ()
     assert (await _task(store, first))["status"] == "Complete"
 
@@ -415,9 +417,9 @@ async def test_orphaned_tasks_are_requeued_by_their_old_holder_or_by_no_holder(
                   worker_id = case when id = $1::uuid then 'gone-worker' end""",
         by_gone_worker,
     )
-    out = await store.release_tasks("gone-worker", by_gone_worker, 3, "orphan", fence=None)
+    out = await write(store, writes.release_tasks("gone-worker", by_gone_worker, 3, "orphan"))
     assert out.requeued == (by_gone_worker,)
-    out = await store.release_tasks(None, by_nobody, 3, "orphan", fence=None)
+    out = await write(store, writes.release_tasks(None, by_nobody, 3, "orphan"))
     assert out.requeued == (by_nobody,)
     for task_id in (by_gone_worker, by_nobody):
         task = await _task(store, task_id)
@@ -428,7 +430,9 @@ async def test_orphaned_tasks_are_requeued_by_their_old_holder_or_by_no_holder(
 async def _dies_holding(store: PostgresStore, worker_id: str, reason: Reason):
     """The executor's order: the worker is failed first, then what it held released."""
     assert await store.transition_worker(worker_id, WorkerStatus.ERROR, reason, fence=None)
-    return await store.release_tasks(worker_id, None, 5, reason.value, holder_died=True, fence=None)
+    return await write(
+        store, writes.release_tasks(worker_id, None, 5, reason.value, holder_died=True)
+    )
 
 
 async def test_a_task_held_by_two_workers_that_died_while_others_worked_is_quarantined(
@@ -445,11 +449,11 @@ async def test_a_task_held_by_two_workers_that_died_while_others_worked_is_quara
     # The platform works meanwhile: another worker completes another task.
     claimed = await store.claim_task("gpu-3")
     assert claimed is not None and claimed["id"] == task_id
-    await store.release_tasks("gpu-3", None, 5, "drained", holder_died=False, fence=None)
+    await write(store, writes.release_tasks("gpu-3", None, 5, "drained", holder_died=False))
     assert (await store.claim_task("gpu-3"))["id"] == task_id  # oldest first
     assert (await store.claim_task("gpu-3"))["id"] == other
     await store.complete_task(other, "gpu-3", {"ok": True})
-    await store.release_tasks("gpu-3", task_id, 5, "drained", holder_died=False, fence=None)
+    await write(store, writes.release_tasks("gpu-3", task_id, 5, "drained", holder_died=False))
 
     await store.claim_task("gpu-2")
     second = await _dies_holding(store, "gpu-2", Reason.CRASHED)
@@ -600,10 +604,10 @@ async def test_released_transition_marks_the_pod_gone(store: PostgresStore) -> N
 
 async def test_mark_released_sets_terminated_at_once_with_one_event(store: PostgresStore) -> None:
     await _worker(store, "gpu-1", "error")
-    await store.mark_released("gpu-1", fence=None)
+    await write(store, writes.mark_released("gpu-1"))
     first = await store.pool.fetchval("select terminated_at from workers where id = 'gpu-1'")
     assert first is not None
-    await store.mark_released("gpu-1", fence=None)
+    await write(store, writes.mark_released("gpu-1"))
     assert (
         await store.pool.fetchval("select terminated_at from workers where id = 'gpu-1'") == first
     )
@@ -612,7 +616,7 @@ async def test_mark_released_sets_terminated_at_once_with_one_event(store: Postg
 
 async def test_record_pod_stores_the_pod_and_an_event(store: PostgresStore) -> None:
     await _worker(store, "gpu-1", "spawning")
-    await store.record_pod("gpu-1", "pod-abc", 0.69, fence=None)
+    await write(store, writes.record_pod("gpu-1", "pod-abc", 0.69))
     row = await store.pool.fetchrow("select pod_id, cost_per_hr from workers where id = 'gpu-1'")
     assert row is not None and row["pod_id"] == "pod-abc" and float(row["cost_per_hr"]) == 0.69
     assert (await _events(store, "gpu-1"))[-1] == ("pod_created", None)
@@ -693,7 +697,7 @@ async def test_the_snapshot_shows_the_fleet_its_holds_and_the_queue_in_one_call(
     ]:
         await _worker(store, worker_id, status)
     await _worker(store, "w-error-released", "error")
-    await store.mark_released("w-error-released", fence=None)
+    await write(store, writes.mark_released("w-error-released"))
     await store.pool.execute("insert into workers (id, status) values ('w-old', 'inactive')")
 
     oldest, *_ = await _add_tasks(store, 4, minutes_ago=5)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 import structlog
 from fake_runpod import FakeRunpod
+from store_writes import write
 from structlog.testing import capture_logs
 from test_runpod_provider import KEY, provider_for, runpod_settings
 
@@ -25,6 +26,7 @@ from gpu_orchestrator.models import Action, ActionKind, Plan, PolicyConfig, Reas
 from gpu_orchestrator.ops.health import read_report, render_text
 from gpu_orchestrator.providers.base import PodSpec
 from gpu_orchestrator.runtime import Runtime, open_runtime
+from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.base import Fence
 from gpu_orchestrator.store.postgres import PostgresStore
 
@@ -60,9 +62,9 @@ async def runtime(dsn, fake, tmp_path) -> AsyncIterator[Runtime]:
 
 
 async def _worker_with_pod(runtime: Runtime, name: str = NAME) -> str:
-    await runtime.store.create_worker(name, "runpod", {"reason": "x"}, fence=None)
+    await write(runtime.store, writes.create_worker(name, "runpod", {"reason": "x"}))
     pod = await runtime.provider.create_pod(PodSpec(name, {}, "NVIDIA A40@EU-RO-1"))
-    await runtime.store.record_pod(name, pod.pod_id, None, fence=None)
+    await write(runtime.store, writes.record_pod(name, pod.pod_id, None))
     return pod.pod_id
 
 
@@ -93,23 +95,25 @@ async def _while_the_cycle_lists_pods(runtime: Runtime, fake: FakeRunpod, change
 async def test_every_leader_write_is_refused_once_its_lease_moved_on(store: PostgresStore) -> None:
     old = await store.acquire_lease(LEASE_NAME, "a", 30)
     fence = Fence(LEASE_NAME, old.epoch, time.monotonic() + 30)
-    await store.create_worker("gpu-1", "local", {}, fence=fence)  # still held: accepted
+    await write(
+        store, writes.create_worker("gpu-1", "local", {}), fence=fence
+    )  # still held: accepted
     await store.release_lease(LEASE_NAME, "a")
     new = await store.acquire_lease(LEASE_NAME, "b", 30)
     assert new.leader and new.epoch == old.epoch + 1
 
-    writes = [
-        store.create_worker("gpu-2", "local", {}, fence=fence),
-        store.record_pod("gpu-1", "pod-1", 0.5, fence=fence),
+    stale_writes = [
+        write(store, writes.create_worker("gpu-2", "local", {}), fence=fence),
+        write(store, writes.record_pod("gpu-1", "pod-1", 0.5), fence=fence),
         store.transition_worker("gpu-1", WorkerStatus.ERROR, Reason.BOOT_TIMEOUT, fence=fence),
-        store.mark_released("gpu-1", fence=fence),
-        store.release_tasks("gpu-1", None, 3, "x", fence=fence),
+        write(store, writes.mark_released("gpu-1"), fence=fence),
+        write(store, writes.release_tasks("gpu-1", None, 3, "x"), fence=fence),
         store.record_event("breaker_opened", "a", "breaker_tripped", fence=fence),
-        store.record_pod_sightings(["gpu-1"], [], fence=fence),
+        write(store, writes.record_pod_sightings(["gpu-1"], []), fence=fence),
     ]
-    for write in writes:
+    for stale in stale_writes:
         with pytest.raises(LeaseLost):
-            await write
+            await stale
     rows = await store.pool.fetch("select id, status, pod_id, pod_missing_since from workers")
     assert [tuple(r) for r in rows] == [("gpu-1", "spawning", None, None)]
     assert await store.pool.fetchval("select count(*) from orchestrator_events") == 0
@@ -121,7 +125,11 @@ async def test_an_expired_lease_fences_its_holder_even_if_nobody_took_it(
     old = await store.acquire_lease(LEASE_NAME, "a", 0.05)
     await asyncio.sleep(0.1)
     with pytest.raises(LeaseLost):
-        await store.create_worker("gpu-1", "local", {}, fence=Fence(LEASE_NAME, old.epoch, 1e12))
+        await write(
+            store,
+            writes.create_worker("gpu-1", "local", {}),
+            fence=Fence(LEASE_NAME, old.epoch, 1e12),
+        )
     again = await store.acquire_lease(LEASE_NAME, "a", 30)
     assert again.epoch == old.epoch + 1  # a lapsed term is a new term, even for its holder
 

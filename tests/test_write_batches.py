@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
+from store_writes import write
 
 from gpu_orchestrator.errors import LeaseLost
 from gpu_orchestrator.executor import ActionResult, Executor
@@ -84,8 +85,8 @@ async def test_a_batch_applies_each_action_and_answers_each_write(store: Postgre
 
 async def test_a_lost_compare_and_set_ends_its_action_only(store: PostgresStore) -> None:
     fence = await _fence(store)
-    await store.create_worker("gpu-1", "local", {}, fence=fence)
-    await store.create_worker("gpu-2", "local", {}, fence=fence)
+    await write(store, writes.create_worker("gpu-1", "local", {}), fence=fence)
+    await write(store, writes.create_worker("gpu-2", "local", {}), fence=fence)
     drain = writes.transition_worker(  # the plan judged it active: it is spawning
         "gpu-1",
         WorkerStatus.TERMINATING,
@@ -110,7 +111,7 @@ async def test_a_failed_action_leaves_no_trace_and_the_others_apply(
     store: PostgresStore,
 ) -> None:
     fence = await _fence(store)
-    await store.create_worker("gpu-1", "local", {}, fence=fence)
+    await write(store, writes.create_worker("gpu-1", "local", {}), fence=fence)
     answers = await store.apply_writes(
         [
             # its second write fails (the id exists): its first is undone too
@@ -131,7 +132,7 @@ async def test_a_failed_action_leaves_no_trace_and_the_others_apply(
 
 async def test_a_lost_lease_applies_none_of_the_batch(store: PostgresStore) -> None:
     fence = await _fence(store, "a")
-    await store.create_worker("gpu-1", "local", {}, fence=fence)
+    await write(store, writes.create_worker("gpu-1", "local", {}), fence=fence)
     await store.release_lease(LEASE_NAME, "a")
     await _fence(store, "b")
     with pytest.raises(LeaseLost):
@@ -152,7 +153,7 @@ async def test_a_heartbeat_judgment_goes_through_the_batch_unchanged(
 ) -> None:
     # The plan's last-heartbeat time travels as ISO text: a newer beat still voids it.
     fence = await _fence(store)
-    await store.create_worker("gpu-1", "local", {}, fence=fence)
+    await write(store, writes.create_worker("gpu-1", "local", {}), fence=fence)
     await store.heartbeat("gpu-1", [], None)
     seen = await store.pool.fetchval("select last_heartbeat from workers where id = 'gpu-1'")
     stale = writes.transition_worker(
@@ -217,7 +218,7 @@ async def _silent_workers(
     """`count` active workers, and the plan's FAIL for each."""
     silent = [f"gpu-{n}" for n in range(count)]
     for worker_id in silent:
-        await store.create_worker(worker_id, "local", {}, fence=fence)
+        await write(store, writes.create_worker(worker_id, "local", {}), fence=fence)
         await store.heartbeat(worker_id, [], None)
     now = await store.pool.fetchval("select now()")
     views = tuple(

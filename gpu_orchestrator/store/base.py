@@ -106,28 +106,6 @@ class OrchestratorStore(Protocol):
     # transaction (`LeaseLost` when it is no longer held); None for an operator's
     # command, which is audited and compare-and-set like any transition.
 
-    async def create_worker(
-        self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
-    ) -> None:
-        """Writes the intent row (`spawning`) before any pod is requested."""
-
-    async def record_pod(
-        self,
-        worker_id: str,
-        pod_id: str,
-        cost_per_hr: float | None,
-        *,
-        fence: Fence | None,
-        adopted: bool = False,
-    ) -> bool:
-        """The worker's pod; `adopted`: found in a list after an ambiguous create.
-        False when the row already has another pod."""
-
-    async def record_pod_sightings(
-        self, missing: Sequence[str], seen: Sequence[str], *, fence: Fence | None
-    ) -> None:
-        """Rows whose pod a successful list did not show, and rows whose pod is back."""
-
     async def transition_worker(
         self,
         worker_id: str,
@@ -142,22 +120,6 @@ class OrchestratorStore(Protocol):
         """Compare-and-set on what the plan observed (`expect`), or from any status
         allowed to reach `to`; False when the row moved on (someone moved first).
         `released`: no pod is left."""
-
-    async def mark_released(self, worker_id: str, *, fence: Fence | None) -> None:
-        """The worker's pod is confirmed gone."""
-
-    async def release_tasks(
-        self,
-        worker_id: str | None,
-        task_id: str | None,
-        max_attempts: int,
-        error: str,
-        *,
-        fence: Fence | None,
-        holder_died: bool = False,
-    ) -> ReleasedTasks:
-        """Requeues (or dead-letters at the limit) `In Progress` tasks of a holder;
-        when the holder died, a task that has killed two workers is quarantined."""
 
     async def record_event(
         self,

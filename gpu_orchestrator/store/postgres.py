@@ -15,7 +15,7 @@ import orjson
 
 from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
-from .base import Demand, Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
+from .base import Demand, Fence, Lease, events_from, lease_from
 from .migrate import ADOPTED
 from .snapshot import parse_snapshot
 from .writes import GroupAnswer, Write, batch_json, group_answers
@@ -106,10 +106,6 @@ class PostgresStore:
         return cls(pool, ADOPTED.prefix if adopted else "", demand)
 
     @property
-    def adopted(self) -> bool:
-        return bool(self._ns)
-
-    @property
     def pool(self) -> asyncpg.Pool:
         return self._pool
 
@@ -141,50 +137,6 @@ class PostgresStore:
         )
         return parse_snapshot(doc, queue_cap)
 
-    async def create_worker(
-        self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
-    ) -> None:
-        await self._call(
-            "create_worker",
-            "orch_create_worker($1, $2, $3, $4, $5)",
-            *_lease(fence),
-            worker_id,
-            provider,
-            detail,
-        )
-
-    async def record_pod(
-        self,
-        worker_id: str,
-        pod_id: str,
-        cost_per_hr: float | None,
-        *,
-        fence: Fence | None,
-        adopted: bool = False,
-    ) -> bool:
-        return bool(
-            await self._call(
-                "record_pod",
-                "orch_record_pod($1, $2, $3, $4, $5, $6)",
-                *_lease(fence),
-                worker_id,
-                pod_id,
-                cost_per_hr,
-                adopted,
-            )
-        )
-
-    async def record_pod_sightings(
-        self, missing: Sequence[str], seen: Sequence[str], *, fence: Fence | None
-    ) -> None:
-        await self._call(
-            "record_pod_sightings",
-            "orch_record_pod_sightings($1, $2, $3, $4)",
-            *_lease(fence),
-            list(missing),
-            list(seen),
-        )
-
     async def transition_worker(
         self,
         worker_id: str,
@@ -213,36 +165,6 @@ class PostgresStore:
                 expect is not None and expect.idle,
             )
         )
-
-    async def mark_released(self, worker_id: str, *, fence: Fence | None) -> None:
-        await self._call(
-            "mark_released",
-            "orch_mark_released($1, $2, $3)",
-            *_lease(fence),
-            worker_id,
-        )
-
-    async def release_tasks(
-        self,
-        worker_id: str | None,
-        task_id: str | None,
-        max_attempts: int,
-        error: str,
-        *,
-        fence: Fence | None,
-        holder_died: bool = False,
-    ) -> ReleasedTasks:
-        out = await self._call(
-            "release_tasks",
-            "orch_release_tasks($1, $2, $3, $4::uuid, $5, $6, $7)",
-            *_lease(fence),
-            worker_id,
-            task_id,
-            max_attempts,
-            error,
-            holder_died,
-        )
-        return released_from(out)
 
     async def record_event(
         self,

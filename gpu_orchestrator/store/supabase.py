@@ -27,7 +27,7 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus
 from . import writes
-from .base import Demand, Fence, Lease, ReleasedTasks, events_from, lease_from, released_from
+from .base import Demand, Fence, Lease, events_from, lease_from
 from .migrate import ADOPTED_SCHEMA
 from .snapshot import parse_snapshot
 from .writes import GroupAnswer, Write, batch_json, group_answers
@@ -119,10 +119,6 @@ class SupabaseStore:
         async with asyncio.timeout(timeout):
             await self.schema_version()
 
-    @property
-    def adopted(self) -> bool:
-        return self._ours is not self._client.postgrest
-
     def use_adopted_schema(self) -> None:
         """Our functions are in schema `orchestrator` (an adopted database)."""
         self._ours = self._client.schema(ADOPTED_SCHEMA)
@@ -151,52 +147,6 @@ class SupabaseStore:
         )
         return parse_snapshot(doc, queue_cap)
 
-    async def create_worker(
-        self, worker_id: str, provider: str, detail: Mapping[str, Any], *, fence: Fence | None
-    ) -> None:
-        await self._rpc(
-            "create_worker",
-            "orch_create_worker",
-            {
-                **_lease(fence),
-                "worker_id_param": worker_id,
-                "provider_param": provider,
-                "detail_param": dict(detail),
-            },
-        )
-
-    async def record_pod(
-        self,
-        worker_id: str,
-        pod_id: str,
-        cost_per_hr: float | None,
-        *,
-        fence: Fence | None,
-        adopted: bool = False,
-    ) -> bool:
-        return bool(
-            await self._rpc(
-                "record_pod",
-                "orch_record_pod",
-                {
-                    **_lease(fence),
-                    "worker_id_param": worker_id,
-                    "pod_id_param": pod_id,
-                    "cost_per_hr_param": cost_per_hr,
-                    "adopted_param": adopted,
-                },
-            )
-        )
-
-    async def record_pod_sightings(
-        self, missing: Sequence[str], seen: Sequence[str], *, fence: Fence | None
-    ) -> None:
-        await self._rpc(
-            "record_pod_sightings",
-            "orch_record_pod_sightings",
-            {**_lease(fence), "missing_param": list(missing), "seen_param": list(seen)},
-        )
-
     async def transition_worker(
         self,
         worker_id: str,
@@ -218,35 +168,6 @@ class SupabaseStore:
                 {**_lease(fence), **write.as_params()},
             )
         )
-
-    async def mark_released(self, worker_id: str, *, fence: Fence | None) -> None:
-        await self._rpc(
-            "mark_released", "orch_mark_released", {**_lease(fence), "worker_id_param": worker_id}
-        )
-
-    async def release_tasks(
-        self,
-        worker_id: str | None,
-        task_id: str | None,
-        max_attempts: int,
-        error: str,
-        *,
-        fence: Fence | None,
-        holder_died: bool = False,
-    ) -> ReleasedTasks:
-        out = await self._rpc(
-            "release_tasks",
-            "orch_release_tasks",
-            {
-                **_lease(fence),
-                "worker_id_param": worker_id,
-                "task_id_param": task_id,
-                "max_attempts_param": max_attempts,
-                "error_message_param": error,
-                "holder_died_param": holder_died,
-            },
-        )
-        return released_from(out)
 
     async def record_event(
         self,

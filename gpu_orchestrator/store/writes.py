@@ -1,7 +1,8 @@
 """Fenced writes described as data, so the actions of a cycle can send theirs
 together: one `orch_apply_writes` call (one round trip) for many actions instead
-of one call per write. Each `Write` runs the same SQL function as the store
-method of the same name (`base.OrchestratorStore`), lease check included.
+of one call per write. Each `Write` runs the SQL function `orch_<op>`, lease check
+included; the stores send them with `apply_writes` (the executor, and tests, one
+write at a time too).
 
 A batch is a list of groups, one per action, each a list of writes run in order:
 a compare-and-set answering False ends its group, a failed group leaves no trace
@@ -20,7 +21,7 @@ from ..models import Expected, Reason, WorkerStatus, sources_of
 
 @dataclass(frozen=True)
 class Write:
-    op: str  # the store method (and SQL function `orch_<op>`) it stands for
+    op: str  # the SQL function `orch_<op>` it runs
     args: Mapping[str, Any]  # JSON-ready
 
     def as_json(self) -> dict[str, Any]:
@@ -41,6 +42,7 @@ class GroupAnswer:
 
 
 def create_worker(worker_id: str, provider: str, detail: Mapping[str, Any]) -> Write:
+    """The intent row (`spawning`), written before any pod is requested."""
     return Write(
         "create_worker", {"worker_id": worker_id, "provider": provider, "detail": dict(detail)}
     )
@@ -49,6 +51,8 @@ def create_worker(worker_id: str, provider: str, detail: Mapping[str, Any]) -> W
 def record_pod(
     worker_id: str, pod_id: str, cost_per_hr: float | None, *, adopted: bool = False
 ) -> Write:
+    """The worker's pod (`adopted`: found in a list after an ambiguous create);
+    answers False when the row already has another pod."""
     return Write(
         "record_pod",
         {"worker_id": worker_id, "pod_id": pod_id, "cost_per_hr": cost_per_hr, "adopted": adopted},
@@ -83,6 +87,7 @@ def transition_worker(
 
 
 def mark_released(worker_id: str) -> Write:
+    """The worker's pod is confirmed gone."""
     return Write("mark_released", {"worker_id": worker_id})
 
 
@@ -94,6 +99,9 @@ def release_tasks(
     *,
     holder_died: bool = False,
 ) -> Write:
+    """Requeues (or dead-letters at the limit) the `In Progress` tasks of a holder;
+    when the holder died, a task that has killed two workers is quarantined. The
+    answer reads with `base.released_from`."""
     return Write(
         "release_tasks",
         {
@@ -116,6 +124,7 @@ def record_event(
 
 
 def record_pod_sightings(missing: Sequence[str], seen: Sequence[str]) -> Write:
+    """Rows whose pod a successful list did not show, and rows whose pod is back."""
     return Write("record_pod_sightings", {"missing": list(missing), "seen": list(seen)})
 
 
