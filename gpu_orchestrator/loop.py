@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -155,10 +156,7 @@ class Orchestrator:
         fence = Fence(
             LEASE_NAME, lease.epoch, asked + lease.ttl_sec - lease_margin(self._lease_sec)
         )
-        snapshot = await self._store.observe(self._policy.horizon_sec, self._policy.queue_cap)
-        snapshot = replace(
-            snapshot, pods=await self._executor.list_pods(), last_contact_at=lease.last_contact
-        )
+        snapshot = await self._observe(lease.last_contact)
         plan = decide(snapshot, self._policy)
         results = await self._executor.apply(plan, snapshot, stop, fence)
         await self._maintain(fence)
@@ -167,11 +165,17 @@ class Orchestrator:
     async def _shadow_cycle(self, cycle_id: str) -> CycleReport:
         """Observe and decide only: no lease (taking it is a write), no recorded
         observation, no action; the plan's actions are reported as `shadow`."""
-        snapshot = await self._store.observe(self._policy.horizon_sec, self._policy.queue_cap)
-        snapshot = replace(snapshot, pods=await self._executor.list_pods())
+        snapshot = await self._observe(last_contact=None)
         plan = decide(snapshot, self._policy)
         results = tuple(would_do(action) for action in plan.actions)
         return CycleReport(cycle_id, "ok", "shadow", 0.0, snapshot, plan, results)
+
+    async def _observe(self, last_contact: datetime | None) -> Snapshot:
+        """The world as the policy reads it: the store's snapshot, the provider's pods."""
+        snapshot = await self._store.observe(self._policy.horizon_sec, self._policy.queue_cap)
+        return replace(
+            snapshot, pods=await self._executor.list_pods(), last_contact_at=last_contact
+        )
 
     async def _maintain(self, fence: Fence) -> None:
         """Upkeep at most every `MAINTENANCE_EVERY_SEC` (idempotent: a restart that
