@@ -185,6 +185,8 @@ def migrate(
     A Headless-Wan2GP / Reigh database is recognised and adopted additively: see
     --dry-run. Over the REST store (SUPABASE_URL without DATABASE_URL) nothing can
     be applied: use --print-sql and run its output in the Supabase SQL editor."""
+    if (adopted or unadopt) and not print_sql:
+        raise typer.BadParameter("only with --print-sql", param_hint="--adopted/--unadopt")
     if print_sql:
         from .store.migrate import ADOPTED, NATIVE, migration_script, unadopt_sql
 

@@ -30,7 +30,7 @@ PositiveSec = Annotated[float, Field(gt=0)]
 # `DEMAND_SQL_FUNCTION`: a call with literal arguments only (the snapshot checks
 # the same grammar in SQL, whoever calls it).
 _LITERAL = r"(?:true|false|null|-?[0-9]+|'[A-Za-z0-9_ -]*')"
-DEMAND_CALL = re.compile(
+_DEMAND_CALL = re.compile(
     rf"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?\(\s*(?:{_LITERAL}(?:\s*,\s*{_LITERAL})*)?\s*\)"
 )
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|DSN|URL|CREDENTIAL", re.IGNORECASE)
@@ -220,7 +220,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
         call = self.demand_sql_function
-        if call is not None and not DEMAND_CALL.fullmatch(call):
+        if call is not None and not _DEMAND_CALL.fullmatch(call):
             raise ValueError(
                 f"DEMAND_SQL_FUNCTION={call!r}: expected a function call with literal "
                 "arguments, e.g. count_eligible_tasks_service_role(false, 'gpu')"

@@ -25,7 +25,9 @@ from fake_postgrest import SERVICE_KEY, FakePostgrest
 from fake_runpod import FakeRunpod, serve_asgi
 from store_writes import write
 from test_runpod_provider import KEY, provider_for, runpod_settings
+from typer.testing import CliRunner
 
+from gpu_orchestrator.cli import app
 from gpu_orchestrator.config import Settings, load_settings
 from gpu_orchestrator.errors import SettingsError
 from gpu_orchestrator.loop import CycleReport
@@ -571,3 +573,10 @@ async def test_status_on_an_adopted_database_shows_legacy_pods_and_podless_worke
     assert set(NO_POD) <= set(doc["workers"]["without_pod"])
     assert "gpu-20260410_100000-a1a1a1a1" in doc["pods"]["legacy"]
     assert doc["database"] == "adopted"
+
+
+def test_the_adopted_and_unadopt_scripts_are_printed_never_applied_by_migrate() -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["migrate", "--adopted"]).exit_code == 2
+    printed = runner.invoke(app, ["migrate", "--print-sql", "--unadopt"])
+    assert printed.exit_code == 0 and "drop schema if exists orchestrator cascade" in printed.output
