@@ -2,7 +2,9 @@
 
 Everything here is a frozen value: the pure policy takes a `Snapshot` and a
 `PolicyConfig` and returns a `Plan`. No I/O, no clock: `Snapshot.now` is the
-database server's time at observation.
+database server's time at observation. The row types a snapshot holds by the
+thousand (`WorkerView`, `Launch`, `TaskHold`) are named tuples: as immutable as a
+frozen dataclass, built four times faster (change one with `_replace`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
+from typing import NamedTuple
 
 
 class WorkerStatus(StrEnum):
@@ -158,8 +162,7 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"  # one probe spawn admitted (or in flight)
 
 
-@dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
-class Launch:
+class Launch(NamedTuple):
     """A worker launched, failed or proven within the breaker's horizon, or still
     live: the raw material of the failure rate, probes, evidence and backoff."""
 
@@ -176,9 +179,9 @@ class Launch:
     tasks_completed: int = 0
     fingerprint: str | None = None  # what it was launched as (see `PolicyConfig.fingerprint`)
 
-    def order(self) -> tuple[datetime, str]:
-        """Launch order, ties broken by id (deterministic)."""
-        return (self.created_at, self.worker_id)
+
+# Launch order, ties broken by id (deterministic); a C-level sort key.
+LAUNCH_ORDER = attrgetter("created_at", "worker_id")
 
 
 @dataclass(frozen=True)
@@ -202,8 +205,7 @@ class Controls:
     spawn_request_id: int | None = None  # the newest of those requests
 
 
-@dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
-class TaskHold:
+class TaskHold(NamedTuple):
     """An `In Progress` task and who holds it."""
 
     task_id: str
@@ -213,8 +215,7 @@ class TaskHold:
     task_type: str | None = None
 
 
-@dataclass(frozen=True, slots=True)  # slots: thousands are built per cycle
-class WorkerView:
+class WorkerView(NamedTuple):
     """One `workers` row as the policy sees it."""
 
     id: str
@@ -277,7 +278,7 @@ class Snapshot:
     workers: tuple[WorkerView, ...]
     holds: tuple[TaskHold, ...]  # every `In Progress` task
     queue: QueueStats
-    launches: tuple[Launch, ...] = ()  # see `Launch`
+    launches: tuple[Launch, ...] = ()  # see `Launch`; kept in `LAUNCH_ORDER`
     breaker: BreakerRecord | None = None  # None: never opened
     controls: Controls = field(default_factory=Controls)
     pods: tuple[Pod, ...] | None = None  # None: the pod list was not read this cycle
@@ -290,6 +291,11 @@ class Snapshot:
     # an adopted Headless-Wan2GP / Reigh database: pods named as the old orchestrator
     # named them (`{prefix}-YYYYMMDD_HHMMSS-xxxxxxxx`) are ours too
     adopted: bool = False
+
+    def __post_init__(self) -> None:
+        # Sorted once here, so the breaker and the backoffs read history in order
+        # without sorting it again; the store sends it sorted, which makes this cheap.
+        object.__setattr__(self, "launches", tuple(sorted(self.launches, key=LAUNCH_ORDER)))
 
     def holds_by_worker(self) -> dict[str, list[TaskHold]]:
         out: dict[str, list[TaskHold]] = {}

@@ -58,7 +58,7 @@ def test_a_new_launch_fingerprint_is_probed_at_once_while_the_breaker_is_open() 
     """The seed scenario with the healthy worker older than the failures: the
     breaker opened a minute ago. The same image waits for the probe interval; a
     newly configured image is probed in this very cycle."""
-    old_image = tuple(replace(f, fingerprint="old") for f in SIX_FAILURES)
+    old_image = tuple(f._replace(fingerprint="old") for f in SIX_FAILURES)
     elder = healthy("ok", created_age=3 * 3600, ready_age=3 * 3600 - 60, tasks=50)
     s = seed_snapshot(*old_image, elder, breaker=opened(60))
 
@@ -73,7 +73,7 @@ def test_a_new_launch_fingerprint_is_probed_at_once_while_the_breaker_is_open() 
 
 
 def test_a_fingerprint_whose_probe_failed_waits_like_any_other() -> None:
-    old_image = tuple(replace(f, fingerprint="old") for f in SIX_FAILURES)
+    old_image = tuple(f._replace(fingerprint="old") for f in SIX_FAILURES)
     probe = failed("probe", age=10, created_at=ago(50), probe=True, fingerprint="new")
     s = seed_snapshot(*old_image, probe, busy_worker=None, breaker=opened(60))
     plan = decide(s, replace(SEED, fingerprint="new"))

@@ -100,3 +100,14 @@ def test_a_closed_breaker_never_blocks_on_fewer_outcomes_than_the_minimum(histor
 def test_decide_is_deterministic_with_history(history, queued):
     s = replace(snap(queued=queued), launches=history)
     assert decide(s, CFG) == decide(replace(s, launches=tuple(history)), CFG)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), history=launches(), queued=st.integers(0, 100))
+def test_the_plan_does_not_depend_on_the_order_launches_arrive_in(data, history, queued):
+    """The breaker and the backoffs read history in launch order, which `Snapshot`
+    establishes once, whatever order the store or a test gives it in."""
+    shuffled = tuple(data.draw(st.permutations(history)))
+    s = replace(snap(queued=queued), launches=history)
+    assert replace(s, launches=shuffled).launches == s.launches
+    assert decide(replace(s, launches=shuffled), CFG) == decide(s, CFG)

@@ -92,7 +92,7 @@ def _busy_fleet() -> Snapshot:
         queued=7,
         oldest_queued_age=300,
     )
-    costly = tuple(replace(w, cost_per_hr=1.5) if w.id == "w-dead" else w for w in s.workers)
+    costly = tuple(w._replace(cost_per_hr=1.5) if w.id == "w-dead" else w for w in s.workers)
     return replace(s, workers=costly)
 
 

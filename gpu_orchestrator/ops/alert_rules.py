@@ -408,9 +408,9 @@ _REFUSED = (Reason.CAPACITY, Reason.OFFERING_FORBIDDEN)
 def refused_since(launches: tuple[Launch, ...]) -> datetime | None:
     """When launches started being refused (capacity, forbidden offering) with no pod
     placed since: the first refusal after the last placed launch; None if the last
-    placed launch came after every refusal."""
+    placed launch came after every refusal. `launches` in `LAUNCH_ORDER`."""
     since: datetime | None = None
-    for launch in sorted(launches, key=Launch.order):
+    for launch in launches:
         if launch.pod_created:
             since = None
         elif launch.failure in _REFUSED and since is None:

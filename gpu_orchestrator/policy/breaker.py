@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..models import (
@@ -81,7 +81,7 @@ def _with_failures_now(
     if not failing:
         return launches
     return tuple(
-        replace(launch, live=False, failed_at=now, failure=failing[launch.worker_id])
+        launch._replace(live=False, failed_at=now, failure=failing[launch.worker_id])
         if launch.worker_id in failing and launch.failed_at is None
         else launch
         for launch in launches
@@ -116,7 +116,7 @@ def _failing_streak(
     """How many of the newest resolved launches (failed, or ready) failed in a row,
     at most `MIN_WORKERS_FOR_RATE_CHECK`, failures before `forgive_at` not counted."""
     streak = 0
-    for launch in sorted(launches, key=Launch.order, reverse=True):
+    for launch in reversed(launches):
         if counted_failure(launch):
             assert launch.failed_at is not None
             if forgive_at is not None and launch.failed_at <= forgive_at:
@@ -202,7 +202,7 @@ def assess_breaker(
     evidence = next(
         (
             launch.worker_id
-            for launch in sorted(launches, key=Launch.order)
+            for launch in launches
             if newest is not None and launch.created_at > newest and proves(launch, now, cfg)
         ),
         None,
@@ -359,7 +359,7 @@ def _judge_open(
         for launch in launches
         if launch.probe and launch.created_at >= record.at and launch.failure is not Reason.CAPACITY
     ]
-    probe = max(probes, key=Launch.order, default=None)
+    probe = probes[-1] if probes else None
     if reset_at is not None and reset_at > record.at:
         return _close(Reason.OPERATOR_RESET, interval, "operator reset the breaker")
     if probe is not None and proves(probe, now, cfg):

@@ -16,7 +16,8 @@ _REFUSALS = (Reason.CAPACITY, Reason.OFFERING_FORBIDDEN)
 def offering_backoffs(
     launches: tuple[Launch, ...], now: datetime, cfg: PolicyConfig
 ) -> tuple[OfferingBackoff, ...]:
-    """The offerings backing off at `now`, in preference order."""
+    """The offerings backing off at `now`, in preference order. `launches` in
+    `LAUNCH_ORDER`, as a `Snapshot` holds them."""
     history: dict[str, list[Launch]] = {}
     for launch in launches:
         if launch.offering is not None:
@@ -24,7 +25,7 @@ def offering_backoffs(
     out: list[OfferingBackoff] = []
     for offering in cfg.offerings:
         refusals: list[Launch] = []
-        for launch in sorted(history.get(offering, ()), key=Launch.order):
+        for launch in history.get(offering, ()):
             if launch.pod_created:
                 refusals.clear()
             elif launch.failure in _REFUSALS:
@@ -47,10 +48,10 @@ def billing_hold(
     """(since, retry_at) while the account cannot pay: the newest create was
     answered 402 and none succeeded after it. One create is retried at
     `retry_at` (the probe interval after the last 402); the first that succeeds
-    lifts the hold. Never a worker failure."""
+    lifts the hold. Never a worker failure. `launches` in `LAUNCH_ORDER`."""
     since: datetime | None = None
     last: datetime | None = None
-    for launch in sorted(launches, key=Launch.order):
+    for launch in launches:
         if launch.pod_created:
             since = last = None
         elif launch.failure is Reason.BILLING_HOLD:
