@@ -32,11 +32,9 @@ class WorkerStatus(StrEnum):
     UNKNOWN = "unknown"
 
     @classmethod
-    def parse(cls, raw: str | None) -> WorkerStatus:
-        try:
-            return cls(raw or "")
-        except ValueError:
-            return cls.UNKNOWN
+    def _missing_(cls, value: object) -> WorkerStatus:
+        # a status written by another version or system reads as UNKNOWN, never a crash
+        return cls.UNKNOWN
 
 
 # The worker state machine, written once. Each edge names its trigger. Legacy and
@@ -134,11 +132,8 @@ class Reason(StrEnum):
     UNKNOWN = "unknown"
 
     @classmethod
-    def parse(cls, raw: str | None) -> Reason:
-        try:
-            return cls(raw or "")
-        except ValueError:
-            return cls.UNKNOWN
+    def _missing_(cls, value: object) -> Reason:
+        return cls.UNKNOWN
 
 
 # DESIGN §4: outcomes that count against the breaker. Everything else that ends a

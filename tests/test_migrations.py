@@ -191,7 +191,7 @@ async def test_the_snapshot_reads_legacy_worker_statuses_without_crashing(
     assert seen.get("gpu-1") is WorkerStatus.SPAWNING
     assert ("legacy-1" in seen) is in_snapshot
     if in_snapshot:
-        assert seen["legacy-1"] == WorkerStatus.parse(legacy_status)
+        assert seen["legacy-1"] == WorkerStatus(legacy_status)
 
 
 async def _schema(dsn: str) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]], list[str]]:

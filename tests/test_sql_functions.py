@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -13,9 +14,11 @@ import asyncpg
 import pytest
 from store_writes import write
 
+from gpu_orchestrator.errors import StoreError
 from gpu_orchestrator.models import Reason, WorkerStatus
 from gpu_orchestrator.store import writes
 from gpu_orchestrator.store.postgres import PostgresStore
+from gpu_orchestrator.store.snapshot import parse_snapshot
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -758,8 +761,6 @@ async def test_the_snapshot_clock_is_the_database_clock(store: PostgresStore) ->
         finally:
             await conn.execute("reset timezone")
     assert isinstance(doc["now"], float)  # epoch seconds: no zone to misread
-    from gpu_orchestrator.store.snapshot import parse_snapshot
-
     parsed = parse_snapshot(doc).now
     assert parsed.tzinfo is not None
     assert timedelta(0) <= db_now - parsed < timedelta(seconds=5)
@@ -821,3 +822,88 @@ async def test_the_snapshot_says_which_rows_the_cycle_acts_on_and_which_are_hist
     assert launches["live"].live and not launches["failed-lately"].live
     assert launches["failed-lately"].failure is Reason.CRASHED
     assert launches["failed-lately"].failed_at is not None
+
+
+async def test_every_field_of_a_row_reaches_the_policy_exactly(store: PostgresStore) -> None:
+    """The document is decoded straight into `WorkerView` and `Launch` by position:
+    each field must be the column of its name, times to the microsecond, and a
+    reason this version does not know must read as UNKNOWN, not fail the cycle."""
+    await store.pool.execute(
+        """
+        insert into workers (id, status, provider, offering, pod_id, cost_per_hr, created_at,
+                             ready_at, last_heartbeat, drain_requested_at, failed_at,
+                             termination_reason, last_task_finished_at, tasks_completed,
+                             probe, task_caused, pod_missing_since, fingerprint)
+        values ('busy', 'terminating', 'runpod', 'A40@EU', 'pod-1', 0.79,
+                now() - interval '20 minutes 0.000001 seconds',
+                now() - interval '19 minutes 0.123457 seconds',
+                now() - interval '3.5 seconds', now() - interval '1 minute',
+                null, null, now() - interval '2 minutes 0.5 seconds', 7, true, false,
+                now() - interval '30 seconds', 'fp-1'),
+               ('broken', 'error', 'runpod', 'L40S@US', null, null,
+                now() - interval '10 minutes', null, null, null,
+                now() - interval '4 minutes', 'reason_from_a_newer_version', null, 0,
+                false, true, null, null)
+        """
+    )
+    rows = {
+        r["id"]: r
+        for r in await store.pool.fetch("select * from workers where id in ('busy', 'broken')")
+    }
+    snapshot = await store.observe(horizon_sec=1800)
+    views = {w.id: w for w in snapshot.workers}
+    launches = {launch.worker_id: launch for launch in snapshot.launches}
+
+    busy, row = views["busy"], rows["busy"]
+    assert busy.status is WorkerStatus.TERMINATING
+    for name in (
+        "created_at",
+        "ready_at",
+        "last_heartbeat",
+        "drain_requested_at",
+        "last_task_finished_at",
+        "pod_missing_since",
+        "tasks_completed",
+        "pod_id",
+    ):
+        assert getattr(busy, name) == row[name], name
+    assert busy.terminated_at is None and busy.termination_reason is None
+    assert busy.cost_per_hr == 0.79
+    assert launches["busy"] == (
+        "busy",
+        row["created_at"],
+        "A40@EU",
+        True,
+        True,
+        True,
+        row["ready_at"],
+        None,
+        None,
+        False,
+        7,
+        "fp-1",
+    )
+    assert views["broken"].termination_reason is Reason.UNKNOWN
+    broken = launches["broken"]
+    assert (broken.failure, broken.failed_at) == (Reason.UNKNOWN, rows["broken"]["failed_at"])
+    assert broken.task_caused and not broken.pod_created and not broken.live
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        (lambda doc: doc["workers"][0].__setitem__(2, "yesterday"), "$.workers[0][2]"),
+        (lambda doc: doc["launches"][0].__delitem__(slice(5, None)), "$.launches[0]"),
+        (lambda doc: doc.pop("queued"), "queued"),
+    ],
+    ids=["a time that is not a number", "a short row", "a missing count"],
+)
+async def test_a_malformed_snapshot_is_refused_with_the_place_it_breaks(
+    store: PostgresStore, change: Any, names: str
+) -> None:
+    await _worker(store, "w-1", "active")
+    doc = json.loads(await store.pool.fetchval("select orch_snapshot()::text"))
+    change(doc)
+    for form in (json.dumps(doc), doc):  # as the Postgres store and the REST store get it
+        with pytest.raises(StoreError, match=r"malformed snapshot: .*" + re.escape(names)):
+            parse_snapshot(form)

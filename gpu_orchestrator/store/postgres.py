@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import asyncpg
-import orjson
+import msgspec
 
 from ..errors import LeaseLost, SchemaMissing, StoreError
 from ..models import Expected, Reason, Snapshot, WorkerStatus, sources_of
@@ -56,10 +56,9 @@ def uses_transaction_pooler(dsn: str) -> bool:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # orjson decodes the ~350 kB snapshot of a 1,000-worker fleet 5x faster than json.
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(
-            typ, encoder=json.dumps, decoder=orjson.loads, schema="pg_catalog"
+            typ, encoder=json.dumps, decoder=msgspec.json.decode, schema="pg_catalog"
         )
 
 
@@ -128,9 +127,10 @@ class PostgresStore:
     # orchestrator ---------------------------------------------------------
 
     async def observe(self, horizon_sec: float = 1800.0, queue_cap: int | None = None) -> Snapshot:
+        # as text: `parse_snapshot` decodes it once, straight into the policy's types
         doc = await self._call(
             "observe",
-            "orch_snapshot($1, $2, $3, $4)",
+            "orch_snapshot($1, $2, $3, $4)::text",
             horizon_sec,
             queue_cap,
             *self._demand.params(),

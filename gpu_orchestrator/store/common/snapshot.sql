@@ -1,13 +1,10 @@
--- Everything one cycle needs, in one round trip whatever the fleet size.
--- `workers`: each row says which roles it plays, so the selection lives here
--- only: [id, status, acted_on, launch, live, created, ready, heartbeat, drain,
--- finished, tasks_completed, pod_id, termination_reason, cost_per_hr,
--- pod_missing_since, offering, probe, failed, task_caused, fingerprint]
--- (see store/snapshot.py):
--- - acted_on: not released and in a status the cycle manages (a `WorkerView`);
--- - launch: live, or launched, failed or ready within `horizon_sec_param` (the
---   breaker's history, a `Launch`);
--- - live: its pod may still run.
+-- Everything one cycle needs, in one round trip whatever the fleet size, in the
+-- shape the policy reads it: each row of `workers`, `launches` and `holds` is one
+-- `WorkerView`, `Launch` or `TaskHold` (models.py), its fields in their order, so
+-- that store/snapshot.py decodes the document straight into them:
+-- - workers: not released and in a status the cycle manages (it may act on them);
+-- - launches: the breaker's history: live (its pod may still run), or launched,
+--   failed or ready within `horizon_sec_param`.
 -- Times are float8 epoch seconds (`date_part` answers float8 directly).
 -- `queued` stops counting at `queue_cap_param` (null: exact): past the cap the
 -- plan is the same, and counting a deep queue costs a scan of it. Demand is the
@@ -51,22 +48,25 @@ begin
         'now', date_part('epoch', now()),
         'workers', coalesce((
             select json_agg(json_build_array(
-                w.id, w.status, r.acted_on, r.live or w.created_at > since
-                    or w.failed_at > since or w.ready_at > since, r.live,
-                date_part('epoch', w.created_at), date_part('epoch', w.ready_at),
+                w.id, w.status, date_part('epoch', w.created_at), date_part('epoch', w.ready_at),
                 date_part('epoch', w.last_heartbeat), date_part('epoch', w.drain_requested_at),
-                date_part('epoch', w.last_task_finished_at), w.tasks_completed, w.pod_id,
-                w.termination_reason, w.cost_per_hr, date_part('epoch', w.pod_missing_since),
-                w.offering, w.probe, date_part('epoch', w.failed_at), w.task_caused,
-                w.fingerprint))
+                date_part('epoch', w.terminated_at), date_part('epoch', w.last_task_finished_at),
+                w.tasks_completed, w.pod_id, w.termination_reason, w.cost_per_hr,
+                date_part('epoch', w.pod_missing_since)))
+            from workers w
+            where w.terminated_at is null
+              and w.status in ('spawning', 'active', 'terminating', 'error', 'external')),
+            '[]'::json),
+        'launches', coalesce((
+            select json_agg(json_build_array(
+                w.id, date_part('epoch', w.created_at), w.offering, w.probe, w.pod_id is not null,
+                r.live, date_part('epoch', w.ready_at), date_part('epoch', w.failed_at),
+                case when w.status = 'error' then w.termination_reason end, w.task_caused,
+                w.tasks_completed, w.fingerprint))
             from workers w,
                  lateral (select w.terminated_at is null
-                                 and w.status in ('spawning', 'active', 'terminating', 'error',
-                                                  'external') as acted_on,
-                                 w.terminated_at is null
                                  and w.status in ('spawning', 'active', 'terminating') as live) r
-            where r.acted_on or w.created_at > since or w.failed_at > since
-               or w.ready_at > since),
+            where r.live or w.created_at > since or w.failed_at > since or w.ready_at > since),
             '[]'::json),
         'holds', coalesce((
             select json_agg(json_build_array(
@@ -121,10 +121,12 @@ begin
                 select date_part('epoch', max(e.at)) from orchestrator_events e
                 where e.kind in ('breaker_reset', 'adopted')),
             -- operator `spawn` requests not yet served by a leader: how many, up to which id
-            'spawn_requests', (
-                select json_build_array(coalesce(sum((e.detail ->> 'count')::integer), 0),
-                                        max(e.id))
+            'requested_spawns', (
+                select coalesce(sum((e.detail ->> 'count')::integer), 0)
                 from orchestrator_events e
+                where e.kind = 'spawn_requested' and e.id > served),
+            'spawn_request_id', (
+                select max(e.id) from orchestrator_events e
                 where e.kind = 'spawn_requested' and e.id > served)));
 end
 $$;
