@@ -39,6 +39,7 @@ import structlog
 from _db import QUEUED_TASKS_SQL, add_dsn_argument, median, p95, scratch_database, table
 from _wire import WireCounts, counting_proxy
 
+from gpu_orchestrator.config import Settings
 from gpu_orchestrator.executor import Executor
 from gpu_orchestrator.loop import Orchestrator
 from gpu_orchestrator.models import Pod, PolicyConfig
@@ -55,6 +56,8 @@ POLICY = PolicyConfig(
     machines_to_keep_idle=2,
     max_spawns_per_cycle=20,
     offerings=("NVIDIA A40@EU-RO-1", "NVIDIA L40S@US-TX-3"),
+    # as deployed: the default per-type stuck timeouts are matched against every held task
+    task_stuck_timeout_by_type=Settings.model_fields["task_stuck_timeout_by_type"].default,
 )
 HORIZON_SEC = POLICY.horizon_sec  # what the loop passes to `observe`
 

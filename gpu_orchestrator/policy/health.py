@@ -11,7 +11,7 @@ to report before it is judged on silence or on a missed boot deadline.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from ..models import (
@@ -45,19 +45,26 @@ def silence(worker: WorkerView, now: datetime, blind_until: datetime | None) -> 
     heard = worker.last_heartbeat or worker.ready_at or worker.created_at
     if blind_until is not None and blind_until > heard:
         heard = blind_until
-    return _age(now, heard)
+    return (now - heard).total_seconds()
+
+
+def _stuck_limits(holds: Iterable[TaskHold], cfg: PolicyConfig) -> dict[str | None, float | None]:
+    """`cfg.stuck_after_sec` of each task type held: its patterns matched once per
+    type per cycle, not once per task."""
+    return {task_type: cfg.stuck_after_sec(task_type) for task_type in {h.task_type for h in holds}}
 
 
 def _stuck_task(
-    held: Sequence[TaskHold], now: datetime, cfg: PolicyConfig
+    held: Sequence[TaskHold], now: datetime, limits: Mapping[str | None, float | None]
 ) -> tuple[float, float] | None:
     """(seconds run, limit) of the held task furthest past its type's limit."""
     worst: tuple[float, float] | None = None
     for hold in held:
-        limit = cfg.stuck_after_sec(hold.task_type)
-        ran = _age(now, hold.started_at)
-        past = ran - limit if limit is not None else 0.0
-        if limit is not None and past > 0 and (worst is None or past > worst[0] - worst[1]):
+        limit = limits[hold.task_type]
+        if limit is None or hold.started_at is None:
+            continue
+        ran = (now - hold.started_at).total_seconds()
+        if ran > limit and (worst is None or ran - limit > worst[0] - worst[1]):
             worst = (ran, limit)
     return worst
 
@@ -67,10 +74,12 @@ def judge_worker(
     held: Sequence[TaskHold],
     now: datetime,
     cfg: PolicyConfig,
+    limits: Mapping[str | None, float | None],
     blind_until: datetime | None = None,
 ) -> Action | None:
-    """The action one worker needs this cycle, or None when it is fine.
-    `blind_until`: the end of the latest blind spell (see the module docstring)."""
+    """The action one worker needs this cycle, or None when it is fine. `limits`:
+    `_stuck_limits` of the held tasks; `blind_until`: the end of the latest blind
+    spell (see the module docstring)."""
     status = worker.status
     if status is WorkerStatus.ERROR:
         reason = worker.termination_reason or Reason.UNKNOWN
@@ -123,7 +132,7 @@ def judge_worker(
             worker_id=worker.id,
             expect=Expected(status, worker.last_heartbeat, heartbeat_judged=True),
         )
-    stuck = _stuck_task(held, now, cfg)
+    stuck = _stuck_task(held, now, limits)
     if stuck is not None:
         ran, limit = stuck
         return Action(
@@ -179,9 +188,10 @@ def health_actions(
     """Every health action of this cycle, workers in snapshot order, then orphans.
     `holds`: the snapshot's `holds_by_worker()`."""
     now = snapshot.now
+    limits = _stuck_limits(snapshot.holds, cfg)
     actions = [
         action
         for worker in snapshot.workers
-        if (action := judge_worker(worker, holds.get(worker.id, ()), now, cfg, blind_until))
+        if (action := judge_worker(worker, holds.get(worker.id, ()), now, cfg, limits, blind_until))
     ]
     return actions + orphan_requeues(snapshot)
