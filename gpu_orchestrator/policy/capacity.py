@@ -18,18 +18,19 @@ def offering_backoffs(
 ) -> tuple[OfferingBackoff, ...]:
     """The offerings backing off at `now`, in preference order. `launches` in
     `LAUNCH_ORDER`, as a `Snapshot` holds them."""
-    history: dict[str, list[Launch]] = {}
+    # each offering's refusals since its last placed pod, in one pass over history
+    refused: dict[str | None, list[Launch]] = {offering: [] for offering in cfg.offerings}
     for launch in launches:
-        if launch.offering is not None:
-            history.setdefault(launch.offering, []).append(launch)
+        streak = refused.get(launch.offering)
+        if streak is None:
+            continue
+        if launch.pod_created:
+            streak.clear()
+        elif launch.failure in _REFUSALS:
+            streak.append(launch)
     out: list[OfferingBackoff] = []
     for offering in cfg.offerings:
-        refusals: list[Launch] = []
-        for launch in history.get(offering, ()):
-            if launch.pod_created:
-                refusals.clear()
-            elif launch.failure in _REFUSALS:
-                refusals.append(launch)
+        refusals = refused[offering]
         if not refusals:
             continue
         last = refusals[-1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..models import PolicyConfig, QueueStats, TaskHold, WorkerStatus, WorkerView
 
@@ -33,13 +33,13 @@ def drain_candidates(
     """Active workers that may be scaled down, longest idle first: they hold no
     task, have idled `GPU_OVERCAPACITY_IDLE_TIMEOUT_SEC` and lived
     `MIN_WORKER_LIFETIME_SEC`. Booting workers are never drained."""
+    idle_by = now - timedelta(seconds=cfg.overcapacity_idle_timeout_sec)
+    born_by = now - timedelta(seconds=cfg.min_worker_lifetime_sec)
     eligible: list[tuple[datetime, str, WorkerView]] = []
     for w in workers:
-        idle_since = w.idle_since()
-        if w.status is not WorkerStatus.ACTIVE or holds.get(w.id) or idle_since is None:
+        if w.status is not WorkerStatus.ACTIVE or holds.get(w.id):
             continue
-        idle = (now - idle_since).total_seconds()
-        lived = (now - w.created_at).total_seconds()
-        if idle >= cfg.overcapacity_idle_timeout_sec and lived >= cfg.min_worker_lifetime_sec:
+        idle_since = w.idle_since()
+        if idle_since is not None and idle_since <= idle_by and w.created_at <= born_by:
             eligible.append((idle_since, w.id, w))
     return [w for _, _, w in sorted(eligible, key=lambda item: (item[0], item[1]))]
