@@ -17,7 +17,7 @@ import shutil
 import statistics
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -67,8 +67,12 @@ async def _server(admin_dsn: str | None) -> AsyncIterator[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def scratch_database(admin_dsn: str | None) -> AsyncIterator[ScratchDb]:
-    """A fresh, migrated `gpo_bench_<random>` database, dropped on exit."""
+async def scratch_database(
+    admin_dsn: str | None,
+    before_migrate: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> AsyncIterator[ScratchDb]:
+    """A fresh, migrated `gpo_bench_<random>` database, dropped on exit.
+    `before_migrate` fills it first (e.g. with a legacy database to adopt)."""
     async with _server(admin_dsn) as (admin_uri, label):
         name = f"gpo_bench_{uuid.uuid4().hex[:10]}"
         admin = await asyncpg.connect(admin_uri)
@@ -79,6 +83,8 @@ async def scratch_database(admin_dsn: str | None) -> AsyncIterator[ScratchDb]:
                 dsn = with_database(admin_uri, name)
                 conn = await asyncpg.connect(dsn)
                 try:
+                    if before_migrate is not None:
+                        await before_migrate(conn)
                     await apply_migrations(conn)
                 finally:
                     await conn.close()

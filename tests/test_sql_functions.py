@@ -889,6 +889,23 @@ async def test_every_field_of_a_row_reaches_the_policy_exactly(store: PostgresSt
     assert broken.task_caused and not broken.pod_created and not broken.live
 
 
+async def test_the_snapshot_counts_task_outcomes_within_the_horizon(store: PostgresStore) -> None:
+    """Of tasks created within the last day (the bound that lets an adopted
+    database's (status, created_at) index keep the count cheap)."""
+    await store.pool.execute(
+        """
+        insert into tasks (task_type, params, status, created_at, generation_processed_at)
+        values ('t', '{}', 'Complete', now() - interval '10 minutes', now() - interval '5 minutes'),
+               ('t', '{}', 'Complete', now() - interval '3 hours', now() - interval '1 minute'),
+               ('t', '{}', 'Failed', now() - interval '9 minutes', now() - interval '4 minutes'),
+               ('t', '{}', 'Complete', now() - interval '3 hours', now() - interval '2 hours'),
+               ('t', '{}', 'Complete', now() - interval '2 days', now() - interval '5 minutes')
+        """
+    )
+    queue = (await store.observe(horizon_sec=1800)).queue
+    assert (queue.completed_recently, queue.failed_recently) == (2, 1)
+
+
 @pytest.mark.parametrize(
     ("change", "names"),
     [

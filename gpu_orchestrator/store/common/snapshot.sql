@@ -80,12 +80,16 @@ begin
                 where q.status = 'Queued' and q.run_type = 'gpu' and q.attempts < lim
                   and (gpu_task_types_param is null or q.task_type = any (gpu_task_types_param))
                 limit queue_cap_param) c)),
-        -- task outcomes within the horizon, for the task failure rate alert
+        -- task outcomes within the horizon, for the task failure rate alert, of tasks
+        -- created within the last day: on an adopted database, whose `tasks` has no
+        -- index on `generation_processed_at`, the app's (status, created_at) index
+        -- then bounds the scan (without it: every finished task, every cycle)
         'finished', (
             select json_build_array(count(*) filter (where t.status = 'Complete'),
                                     count(*) filter (where t.status = 'Failed'))
             from tasks t
-            where t.status in ('Complete', 'Failed') and t.generation_processed_at > since),
+            where t.status in ('Complete', 'Failed') and t.generation_processed_at > since
+              and t.created_at > since - interval '1 day'),
         'oldest_queued_at', (
             select date_part('epoch', q.created_at) from tasks q
             where q.status = 'Queued' and q.run_type = 'gpu' and q.attempts < lim
