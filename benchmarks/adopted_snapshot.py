@@ -1,12 +1,19 @@
 """The snapshot on an adopted Headless-Wan2GP / Reigh database with a long history.
 
-The app's `tasks` table has no index on `generation_processed_at` (and adoption
-adds none to the app's tables), so the snapshot's count of task outcomes within
-the horizon must be bounded some other way: it counts tasks created within the
-last day, which the app's `created_at` indexes serve. This loads the legacy
-fixture (`tests/data/legacy_reigh*.sql`, written from the app's migrations),
-adopts it, adds `--finished` finished tasks (one every `--every` seconds, 5 %
-failed) and times `orchestrator.orch_snapshot` and its outcome count.
+Loads the legacy fixture (`tests/data/legacy_reigh*.sql`, written from the app's
+migrations), adopts it, and adds the history a year of the old orchestrator
+leaves behind:
+
+  * `--finished` finished tasks (one every `--every` seconds, 5 % failed). The
+    app's `tasks` has no index on `generation_processed_at` (and adoption adds
+    none to the app's tables): the snapshot counts the outcomes of tasks created
+    within the last day, which the app's `created_at` index serves;
+  * `--ended-workers` ended worker rows, as the old orchestrator left them (half
+    with the `terminated_at` it writes in `metadata`, half without). The
+    snapshot reads them through the `orchestrator.workers` view, which maps
+    every row (no index can skip them).
+
+Then it times `orchestrator.orch_snapshot` on the server.
 
 Run: .venv/bin/python benchmarks/adopted_snapshot.py --dsn postgresql://postgres@127.0.0.1:5432/postgres
 """
@@ -24,6 +31,19 @@ from _db import add_dsn_argument, median, p95, scratch_database, table
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data"
 HORIZON_SEC = 1800.0
+
+ENDED_WORKERS_SQL = """
+insert into public.workers (id, instance_type, created_at, last_heartbeat, status, metadata)
+select 'gpu-' || to_char(at, 'YYYYMMDD_HH24MISS') || '-' || lpad(to_hex(g), 8, '0'),
+       'NVIDIA GeForce RTX 4090', at, at + interval '1 hour', 'terminated',
+       jsonb_build_object('runpod_id', 'pod' || g, 'orchestrator_status', 'terminated')
+       || case when g % 2 = 0 then jsonb_build_object(
+              'terminated_at', to_char((at + interval '1 hour') at time zone 'UTC',
+                                       'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
+          else '{}'::jsonb end
+from generate_series(1, $1::int) g,
+     lateral (select now() - interval '2 days' - g * interval '10 minutes' as at) x
+"""
 
 FINISHED_SQL = """
 insert into public.tasks (task_type, params, status, project_id, created_at, updated_at,
@@ -63,6 +83,7 @@ async def main() -> None:
     add_dsn_argument(parser)
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--every", type=float, default=2.0, help="seconds between two tasks")
+    parser.add_argument("--ended-workers", type=int, default=50_000)
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args()
     async with scratch_database(args.dsn, before_migrate=_legacy) as db:
@@ -71,6 +92,7 @@ async def main() -> None:
             # the app's triggers guard its users' writes, not a bulk history load
             await conn.execute("alter table public.tasks disable trigger user")
             await conn.execute(FINISHED_SQL, args.finished, args.every)
+            await conn.execute(ENDED_WORKERS_SQL, args.ended_workers)
             await conn.execute("alter table public.tasks enable trigger user")
             await conn.execute("analyze")
             call = "select orchestrator.orch_snapshot($1, 60) is null"
@@ -87,7 +109,8 @@ async def main() -> None:
     print(f"server: {db.server}")
     print(
         f"adopted legacy fixture + {args.finished:,} finished tasks, one every "
-        f"{args.every:g} s ({86400 / args.every:,.0f} a day); times in ms"
+        f"{args.every:g} s ({86400 / args.every:,.0f} a day), + {args.ended_workers:,} "
+        "ended workers; times in ms"
     )
     print()
     print(

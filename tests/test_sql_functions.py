@@ -889,6 +889,46 @@ async def test_every_field_of_a_row_reaches_the_policy_exactly(store: PostgresSt
     assert broken.task_caused and not broken.pod_created and not broken.live
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+async def test_try_timestamptz_reads_what_a_cast_reads_and_nothing_else(
+    store: PostgresStore, zone: str
+) -> None:
+    """Its exception-free path for ISO 8601 must agree with the plain cast it
+    stands in for; whatever the cast refuses is null."""
+    values = [
+        "2025-12-05T10:00:00.123456+00:00",  # Python's isoformat
+        "2025-12-05T10:00:00+05:30",
+        "2025-12-05 10:00:00.5-07",
+        "2025-12-05T10:00:00",  # no zone: the session's
+        "2025-12-05",
+        "2025-12-05T10:00:00.123456Z",  # not ISO to jsonpath: the cast's path
+        "Dec 5 2025 10:00 UTC",
+        "10:00:00",  # a time alone is no timestamp
+        "2025-02-30T10:00:00+00:00",
+        "not a time",
+        "",
+        None,
+    ]
+    async with store.pool.acquire() as conn:
+        await conn.execute(f"set timezone = '{zone}'")
+        try:
+            await conn.execute(
+                """create function pg_temp.cast_or_null(value text) returns timestamptz
+                   language plpgsql as $$
+                   begin return value::timestamptz; exception when others then return null; end
+                   $$"""
+            )
+            rows = await conn.fetch(
+                "select v, orch_try_timestamptz(v) as got, pg_temp.cast_or_null(v) as want "
+                "from unnest($1::text[]) v",
+                values,
+            )
+        finally:
+            await conn.execute("reset timezone")
+    assert [(r["v"], r["got"]) for r in rows] == [(r["v"], r["want"]) for r in rows]
+    assert sum(r["got"] is not None for r in rows) == 7
+
+
 async def test_the_snapshot_counts_task_outcomes_within_the_horizon(store: PostgresStore) -> None:
     """Of tasks created within the last day (the bound that lets an adopted
     database's (status, created_at) index keep the count cheap)."""

@@ -5,6 +5,8 @@
 -- - workers: not released and in a status the cycle manages (it may act on them);
 -- - launches: the breaker's history: live (its pod may still run), or launched,
 --   failed or ready within `horizon_sec_param`.
+-- (Status before `terminated_at`: on an adopted database both are computed per
+-- row by a view, and the status rules out most ended rows at less cost.)
 -- Times are float8 epoch seconds (`date_part` answers float8 directly).
 -- `queued` stops counting at `queue_cap_param` (null: exact): past the cap the
 -- plan is the same, and counting a deep queue costs a scan of it. Demand is the
@@ -54,8 +56,8 @@ begin
                 w.tasks_completed, w.pod_id, w.termination_reason, w.cost_per_hr,
                 date_part('epoch', w.pod_missing_since)))
             from workers w
-            where w.terminated_at is null
-              and w.status in ('spawning', 'active', 'terminating', 'error', 'external')),
+            where w.status in ('spawning', 'active', 'terminating', 'error', 'external')
+              and w.terminated_at is null),
             '[]'::json),
         'launches', coalesce((
             select json_agg(json_build_array(
@@ -64,8 +66,8 @@ begin
                 case when w.status = 'error' then w.termination_reason end, w.task_caused,
                 w.tasks_completed, w.fingerprint))
             from workers w,
-                 lateral (select w.terminated_at is null
-                                 and w.status in ('spawning', 'active', 'terminating') as live) r
+                 lateral (select w.status in ('spawning', 'active', 'terminating')
+                                 and w.terminated_at is null as live) r
             where r.live or w.created_at > since or w.failed_at > since or w.ready_at > since),
             '[]'::json),
         'holds', coalesce((
