@@ -95,13 +95,13 @@ def _sample(
     failures: list[Launch] = []
     proven: list[Launch] = []
     for launch in launches:
-        if counted_failure(launch):
-            assert launch.failed_at is not None
+        if launch.failed_at is None:
+            ready = launch.ready_at
+            if ready is not None and (launch.live or ready > start):  # healthy, or ready lately
+                proven.append(launch)
+        elif counted_failure(launch):
             if launch.failed_at > start and (forgive_at is None or launch.failed_at > forgive_at):
                 failures.append(launch)
-        elif launch.failed_at is None and launch.ready_at is not None:
-            if launch.live or launch.ready_at > start:  # still healthy, or ready lately
-                proven.append(launch)
     return _Sample(tuple(failures), tuple(proven))
 
 
@@ -199,13 +199,17 @@ def assess_breaker(
         and _failing_streak(launches, forgive_at, cfg) >= cfg.min_workers_for_rate_check
     )
     newest = max((f.failed_at for f in sample.failures if f.failed_at), default=None)
-    evidence = next(
-        (
-            launch.worker_id
-            for launch in launches
-            if newest is not None and launch.created_at > newest and proves(launch, now, cfg)
-        ),
-        None,
+    evidence = (
+        None
+        if newest is None
+        else next(
+            (
+                launch.worker_id
+                for launch in launches
+                if launch.created_at > newest and proves(launch, now, cfg)
+            ),
+            None,
+        )
     )
     judged = (
         _judge_open(launches, snapshot, cfg, record, sample, evidence)
