@@ -69,6 +69,12 @@ def _stuck_task(
     return worst
 
 
+# Workers whose heartbeats and tasks are judged, tested once per worker: reading
+# an Enum member off its class costs ~70 ns in Python 3.11, five times per worker
+# per cycle before this.
+_RUNNING = frozenset({WorkerStatus.ACTIVE, WorkerStatus.TERMINATING})
+
+
 def judge_worker(
     worker: WorkerView,
     held: Sequence[TaskHold],
@@ -81,41 +87,10 @@ def judge_worker(
     `_stuck_limits` of the held tasks; `blind_until`: the end of the latest blind
     spell (see the module docstring)."""
     status = worker.status
-    if status is WorkerStatus.ERROR:
-        reason = worker.termination_reason or Reason.UNKNOWN
-        return Action(
-            ActionKind.RELEASE,
-            reason,
-            "failed worker: requeue its tasks, terminate its pod",
-            worker_id=worker.id,
-        )
-    if status is WorkerStatus.SPAWNING:
-        booting = _age(now, worker.created_at)
-        just_seen = blind_until is not None and _age(now, blind_until) <= cfg.gpu_idle_timeout_sec
-        if booting <= cfg.spawning_timeout_sec or just_seen:
-            return None
-        if worker.pod_id is None:
-            # No answer to the create, and no list ever showed a pod: nothing says a
-            # pod ran, so nothing says one failed.
-            return Action(
-                ActionKind.FAIL,
-                Reason.CREATE_LOST,
-                f"no pod seen {booting:.0f}s after an unanswered create",
-                worker_id=worker.id,
-                expect=Expected(status),
-            )
-        return Action(
-            ActionKind.FAIL,
-            Reason.BOOT_TIMEOUT,
-            f"no first heartbeat {booting:.0f}s after spawn "
-            f"(SPAWNING_TIMEOUT_SEC={cfg.spawning_timeout_sec:g})",
-            worker_id=worker.id,
-            expect=Expected(status),
-        )
-    if status not in (WorkerStatus.ACTIVE, WorkerStatus.TERMINATING):
-        return None  # external and legacy rows are not ours to manage
-
-    if status is WorkerStatus.TERMINATING and not held:
+    if status not in _RUNNING:
+        return _judge_not_running(worker, now, cfg, blind_until)
+    draining = status is WorkerStatus.TERMINATING
+    if draining and not held:
         return Action(
             ActionKind.STOP,
             Reason.DRAINED,
@@ -148,18 +123,58 @@ def judge_worker(
             worker_id=worker.id,
             expect=Expected(status),
         )
-    if status is WorkerStatus.TERMINATING:
-        draining = _age(now, worker.drain_requested_at)
-        if draining > cfg.graceful_shutdown_timeout_sec:
+    if draining:
+        drained_for = _age(now, worker.drain_requested_at)
+        if drained_for > cfg.graceful_shutdown_timeout_sec:
             return Action(
                 ActionKind.STOP,
                 Reason.DRAIN_TIMEOUT,
-                f"still busy {draining:.0f}s after drain request "
+                f"still busy {drained_for:.0f}s after drain request "
                 f"(GRACEFUL_SHUTDOWN_TIMEOUT_SEC={cfg.graceful_shutdown_timeout_sec:g})",
                 worker_id=worker.id,
                 expect=Expected(status),
             )
     return None
+
+
+def _judge_not_running(
+    worker: WorkerView, now: datetime, cfg: PolicyConfig, blind_until: datetime | None
+) -> Action | None:
+    """A failed worker is released; a booting one judged on its boot deadline;
+    external and legacy rows are not ours to manage."""
+    status = worker.status
+    if status is WorkerStatus.ERROR:
+        reason = worker.termination_reason or Reason.UNKNOWN
+        return Action(
+            ActionKind.RELEASE,
+            reason,
+            "failed worker: requeue its tasks, terminate its pod",
+            worker_id=worker.id,
+        )
+    if status is not WorkerStatus.SPAWNING:
+        return None
+    booting = _age(now, worker.created_at)
+    just_seen = blind_until is not None and _age(now, blind_until) <= cfg.gpu_idle_timeout_sec
+    if booting <= cfg.spawning_timeout_sec or just_seen:
+        return None
+    if worker.pod_id is None:
+        # No answer to the create, and no list ever showed a pod: nothing says a
+        # pod ran, so nothing says one failed.
+        return Action(
+            ActionKind.FAIL,
+            Reason.CREATE_LOST,
+            f"no pod seen {booting:.0f}s after an unanswered create",
+            worker_id=worker.id,
+            expect=Expected(status),
+        )
+    return Action(
+        ActionKind.FAIL,
+        Reason.BOOT_TIMEOUT,
+        f"no first heartbeat {booting:.0f}s after spawn "
+        f"(SPAWNING_TIMEOUT_SEC={cfg.spawning_timeout_sec:g})",
+        worker_id=worker.id,
+        expect=Expected(status),
+    )
 
 
 def orphan_requeues(snapshot: Snapshot) -> list[Action]:
