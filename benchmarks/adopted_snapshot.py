@@ -29,7 +29,10 @@ from pathlib import Path
 import asyncpg
 from _db import add_dsn_argument, median, p95, scratch_database, table
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data"
+# the legacy fixture the adoption tests use
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from legacy_fixture import load_legacy_database
+
 HORIZON_SEC = 1800.0
 
 ENDED_WORKERS_SQL = """
@@ -67,17 +70,6 @@ where t.status in ('Complete', 'Failed')
 """
 
 
-def _script(name: str) -> str:
-    """A fixture file without its psql meta-commands."""
-    text = (FIXTURES / name).read_text(encoding="utf-8")
-    return "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
-
-
-async def _legacy(conn: asyncpg.Connection) -> None:
-    await conn.execute(_script("legacy_reigh.sql"))
-    await conn.execute(_script("legacy_reigh_seed.sql"))
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dsn_argument(parser)
@@ -86,7 +78,7 @@ async def main() -> None:
     parser.add_argument("--ended-workers", type=int, default=50_000)
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args()
-    async with scratch_database(args.dsn, before_migrate=_legacy) as db:
+    async with scratch_database(args.dsn, before_migrate=load_legacy_database) as db:
         conn = await asyncpg.connect(db.dsn)
         try:
             # the app's triggers guard its users' writes, not a bulk history load

@@ -23,6 +23,7 @@ import pytest
 from conftest import _scratch_database, template_database
 from fake_postgrest import SERVICE_KEY, FakePostgrest
 from fake_runpod import FakeRunpod, serve_asgi
+from legacy_fixture import DATA, load_legacy_database
 from store_writes import write
 from test_runpod_provider import KEY, provider_for, runpod_settings
 from typer.testing import CliRunner
@@ -46,7 +47,6 @@ from gpu_orchestrator.store.migrate import (
 )
 from gpu_orchestrator.store.postgres import PostgresStore
 
-DATA = Path(__file__).parent / "data"
 HEARTBEAT_6 = "func_worker_heartbeat_with_logs(text,integer,integer,jsonb,uuid,text)"
 ACTIVE = "gpu-20260410_100000-a1a1a1a1"  # heartbeating, pod legacypod01
 BOOTING = "gpu-20260410_131500-b2b2b2b2"  # `inactive` + orchestrator_status spawning, legacypod02
@@ -55,20 +55,9 @@ NO_POD = ("api-worker-main", "local-workstation-1", "default_worker")
 LIVE_PODS = ("legacypod01", "legacypod02", "legacypod07")
 
 
-def _script(name: str) -> str:
-    """A fixture file without its psql meta-commands."""
-    text = (DATA / name).read_text(encoding="utf-8")
-    return "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
-
-
-async def _load_legacy_database(conn: asyncpg.Connection) -> None:
-    await conn.execute(_script("legacy_reigh.sql"))
-    await conn.execute(_script("legacy_reigh_seed.sql"))
-
-
 @pytest.fixture(scope="session")
 async def legacy_template(pg_admin_dsn: str) -> AsyncIterator[str]:
-    async with template_database(pg_admin_dsn, _load_legacy_database) as name:
+    async with template_database(pg_admin_dsn, load_legacy_database) as name:
         yield name
 
 
