@@ -1,0 +1,5 @@
+-- `orch_snapshot` (common/snapshot.sql) now sends workers, launches and held tasks
+-- as arrays in the field order of the policy's types: older orchestrators cannot
+-- read that document, nor this one the older. Nothing to change here: this
+-- version, once recorded, tells the REST store (which cannot migrate, and checks
+-- versions at start) that a database without it still has the older function.
