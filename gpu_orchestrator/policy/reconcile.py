@@ -36,7 +36,7 @@ from ..models import (
 )
 from .health import silence
 
-_LIVE = (WorkerStatus.SPAWNING, WorkerStatus.ACTIVE, WorkerStatus.TERMINATING)
+_LIVE = frozenset({WorkerStatus.SPAWNING, WorkerStatus.ACTIVE, WorkerStatus.TERMINATING})
 _POD_NAME = re.compile(r"(\d{14})-[0-9a-f]{8}")
 # The old orchestrator's (`gpu-20260410_100000-a1a1a1a1`), ours on an adopted
 # database. Its clock was the host's local time: read as UTC, the same as ours on

@@ -24,6 +24,9 @@ def desired_workers(demand: int, cfg: PolicyConfig) -> int:
     return max(cfg.min_active_gpus, min(cfg.max_active_gpus, wanted))
 
 
+_DRAINABLE = frozenset({WorkerStatus.ACTIVE})  # a set test: cheaper than an Enum read
+
+
 def drain_candidates(
     workers: Sequence[WorkerView],
     holds: Mapping[str, Sequence[TaskHold]],
@@ -37,7 +40,7 @@ def drain_candidates(
     born_by = now - timedelta(seconds=cfg.min_worker_lifetime_sec)
     eligible: list[tuple[datetime, str, WorkerView]] = []
     for w in workers:
-        if w.status is not WorkerStatus.ACTIVE or holds.get(w.id):
+        if w.status not in _DRAINABLE or holds.get(w.id):
             continue
         idle_since = w.idle_since()
         if idle_since is not None and idle_since <= idle_by and w.created_at <= born_by:
