@@ -288,8 +288,8 @@ class Snapshot:
     adopted: bool = False
 
     def __post_init__(self) -> None:
-        # Sorted once here, so the breaker and the backoffs read history in order
-        # without sorting it again; the store sends it sorted, which makes this cheap.
+        # Sorted once here (with a C-level key), so that the breaker, the backoffs
+        # and the alert rules read history in order without sorting it again.
         object.__setattr__(self, "launches", tuple(sorted(self.launches, key=LAUNCH_ORDER)))
 
     def holds_by_worker(self) -> dict[str, list[TaskHold]]:
